@@ -1,0 +1,5 @@
+import sys
+
+from sigcell.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""The ``sigcell`` command line: parse arguments, call the library, turn errors into messages.
+
+Each area of the library contributes its subcommands from its own module in this package
+(``register(subparsers)`` adds the parsers; each parser sets ``func`` to a callable taking the
+parsed namespace and returning an exit code). No logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# One module per area; each defines ``register(subparsers) -> None``.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+class CliError(Exception):
+    """An error whose message is shown to the user as-is (no traceback), with exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="sigcell",
+        description="Sigmoid attention for single-cell foundation models.",
+    )
+    from sigcell import __version__
+
+    parser.add_argument("--version", action="version", version=f"sigcell {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sigcell`` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+        print(f"sigcell {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sigcell {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,621 @@
+"""Public sigmoid-attention functions: input checks, torch custom ops, autograd, kernel launchers.
+
+CUDA tensors run the Triton kernels of :mod:`.kernels`; CPU tensors run the plain-PyTorch path of
+:mod:`.naive` (the same function, block by block). Both are behind two ``torch.library`` custom ops
+(``sigcell::sigmoid_attn_fwd`` / ``sigcell::sigmoid_attn_bwd``) so ``torch.compile`` traces models
+that use them without graph breaks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+
+import torch
+
+from sigcell.ops.padding import lengths_from_cu_seqlens, pack_padded, unpack_to_padded
+from sigcell.ops.sigmoid_attn import naive
+
+__all__ = ["sigmoid_attn_func", "sigmoid_attn_varlen_func"]
+
+MAX_HEAD_DIM = 256
+_FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+# Debug switches, used by the tests.
+_poison_outputs = False  # fill freshly allocated outputs with NaN before the kernels write them
+_triton_on_cpu = False  # send CPU tensors to the Triton kernels (needs TRITON_INTERPRET=1)
+
+
+@contextlib.contextmanager
+def poison_outputs() -> Iterator[None]:
+    """Within the block, every output buffer starts as NaN, so unwritten elements show up."""
+    global _poison_outputs
+    previous, _poison_outputs = _poison_outputs, True
+    try:
+        yield
+    finally:
+        _poison_outputs = previous
+
+
+@contextlib.contextmanager
+def triton_on_cpu() -> Iterator[None]:
+    """Within the block, CPU tensors run the Triton kernels under the Triton interpreter.
+
+    ``TRITON_INTERPRET=1`` must be set before Triton is first imported.
+    """
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        msg = "triton_on_cpu() needs TRITON_INTERPRET=1 in the environment before triton is imported"
+        raise RuntimeError(msg)
+    global _triton_on_cpu
+    previous, _triton_on_cpu = _triton_on_cpu, True
+    try:
+        yield
+    finally:
+        _triton_on_cpu = previous
+
+
+def _new_buffer(shape, dtype: torch.dtype, device: torch.device, zero: bool = False) -> torch.Tensor:
+    if zero:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    buf = torch.empty(shape, dtype=dtype, device=device)
+    if _poison_outputs:
+        buf.fill_(float("nan"))
+    return buf
+
+
+def _uses_triton(t: torch.Tensor) -> bool:
+    return t.is_cuda or (_triton_on_cpu and t.device.type == "cpu")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton launchers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _block_config(head_dim: int) -> dict[str, int]:
+    """Block sizes and warps; small blocks under the interpreter, where each program runs in numpy."""
+    block_d = max(16, 1 << (head_dim - 1).bit_length())
+    if _interpreting():
+        return {"BLOCK_D": block_d, "BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
+    if block_d <= 64:
+        return {"BLOCK_D": block_d, "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+    if block_d <= 128:
+        return {"BLOCK_D": block_d, "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
+    return {"BLOCK_D": block_d, "BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+
+
+def _bwd_block_config(head_dim: int) -> dict[str, int]:
+    cfg = _block_config(head_dim)
+    if not _interpreting():
+        small = cfg["BLOCK_D"] <= 64
+        cfg.update(BLOCK_M=64 if small else 32, BLOCK_N=64, num_warps=4, num_stages=2)
+        if cfg["BLOCK_D"] > 128:
+            cfg.update(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+    return cfg
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs get full float32 products (tf32 would miss the 1e-4 accuracy bound).
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid) -> dict:
+    return {
+        "HEAD_DIM": q.shape[-1],
+        "CAUSAL": causal,
+        "HAS_KEY_BIAS": key_bias is not None,
+        "HAS_ALIBI": slopes is not None,
+        "STORE_ALL_ROWS": not varlen,
+        "FAST_SIGMOID": fast_sigmoid and not _interpreting(),
+        "DOT_PRECISION": _dot_precision(q.dtype),
+    }
+
+
+def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, ...]:
+    """Strides of a 4-D ``[B', rows, H, D]`` tensor; packed inputs have no batch stride."""
+    s = t.stride()
+    return (0 if varlen else s[0], *s[1:])
+
+
+def _key_bias_strides(key_bias: torch.Tensor | None, varlen: bool) -> tuple[int, int]:
+    if key_bias is None:
+        return (0, 0)
+    return (0 if varlen else key_bias.stride(0), key_bias.stride(1))
+
+
+def _triton_forward(q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
+                    max_seqlen_q, fast_sigmoid):
+    from sigcell.ops.sigmoid_attn.kernels import sigmoid_attn_fwd_kernel
+
+    n_seq, heads = bias.shape
+    rows_q = q.shape[1]
+    out = _new_buffer(q.shape, q.dtype, q.device)
+    if out.numel() == 0 or n_seq == 0:
+        return out.zero_()
+    cfg = _block_config(q.shape[-1])
+    span = max_seqlen_q if varlen else rows_q
+    grid = (n_seq * heads, triton_cdiv(span, cfg["BLOCK_M"]))
+    dummy = bias
+    sigmoid_attn_fwd_kernel[grid](
+        q, k, v, out, bias, key_bias if key_bias is not None else dummy, slopes if slopes is not None else dummy,
+        start_q, len_q, start_k, len_k,
+        *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
+        *_key_bias_strides(key_bias, varlen),
+        scale, rows_q, heads, heads // k.shape[2],
+        **_common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid), **cfg,
+    )
+    return out
+
+
+def _triton_backward(dout, q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
+                     max_seqlen_q, max_seqlen_k, fast_sigmoid):
+    from sigcell.ops.sigmoid_attn.kernels import sigmoid_attn_bwd_dkdv_kernel, sigmoid_attn_bwd_dq_kernel
+
+    n_seq, heads = bias.shape
+    kv_heads = k.shape[2]
+    rows_q, rows_k = q.shape[1], k.shape[1]
+    dq = _new_buffer(q.shape, q.dtype, q.device)
+    dk = _new_buffer(k.shape, k.dtype, k.device)
+    dv = _new_buffer(v.shape, v.dtype, v.device)
+    cfg = _bwd_block_config(q.shape[-1])
+    span_q = max_seqlen_q if varlen else rows_q
+    span_k = max_seqlen_k if varlen else rows_k
+    num_m = triton_cdiv(max(span_q, 1), cfg["BLOCK_M"])
+    # Partial sums, reduced below in a fixed order (deterministic): per (b, h, query block) for d bias,
+    # per (kv head, key row) for d key_bias.
+    dbias_part = torch.zeros(n_seq * heads, num_m, dtype=torch.float32, device=q.device)
+    dkb_part = None
+    if key_bias is not None:
+        dkb_part = torch.zeros(kv_heads, *key_bias.shape, dtype=torch.float32, device=q.device)
+    if n_seq and dout.numel():
+        flags = _common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid)
+        dummy = bias
+        kb = key_bias if key_bias is not None else dummy
+        sl = slopes if slopes is not None else dummy
+        kb_strides = _key_bias_strides(key_bias, varlen)
+        dkb_strides = (0, 0, 0) if dkb_part is None else (
+            dkb_part.stride(0), 0 if varlen else dkb_part.stride(1), dkb_part.stride(2))
+        sigmoid_attn_bwd_dkdv_kernel[(n_seq * kv_heads, triton_cdiv(span_k, cfg["BLOCK_N"]))](
+            q, k, v, dout, dk, dv, dkb_part if dkb_part is not None else dummy, bias, kb, sl,
+            start_q, len_q, start_k, len_k,
+            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen),
+            *_strides(dk, varlen), *_strides(dv, varlen), *kb_strides, *dkb_strides,
+            scale, rows_k, heads, kv_heads, heads // kv_heads, **flags, **cfg,
+        )
+        sigmoid_attn_bwd_dq_kernel[(n_seq * heads, num_m)](
+            q, k, v, dout, dq, dbias_part, bias, kb, sl, start_q, len_q, start_k, len_k,
+            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen),
+            *_strides(dq, varlen), *kb_strides,
+            scale, rows_q, num_m, heads, heads // kv_heads, **flags, **cfg,
+        )
+    else:
+        dq.zero_(), dk.zero_(), dv.zero_()
+    dbias = dbias_part.sum(dim=1).view(n_seq, heads)
+    dkey_bias = dkb_part.sum(dim=0) if dkb_part is not None else None
+    return dq, dk, dv, dbias, dkey_bias
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plain-PyTorch path (CPU): packed inputs are padded, run, and packed again.
+# ----------------------------------------------------------------------------------------------------
+
+
+def _naive_forward(q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
+                   max_seqlen_q, max_seqlen_k):
+    if not varlen:
+        return naive.sigmoid_attn_forward_padded(q, k, v, len_q, len_k, bias, key_bias, slopes, scale, causal)
+    cu_q, cu_k = _cu_from_starts(start_q, len_q), _cu_from_starts(start_k, len_k)
+    qp, kp, vp = (unpack_to_padded(t[0], cu, m) for t, cu, m in
+                  ((q, cu_q, max_seqlen_q), (k, cu_k, max_seqlen_k), (v, cu_k, max_seqlen_k)))
+    kbp = None if key_bias is None else unpack_to_padded(key_bias[0], cu_k, max_seqlen_k)
+    out = naive.sigmoid_attn_forward_padded(qp, kp, vp, len_q, len_k, bias, kbp, slopes, scale, causal)
+    return pack_padded(out, cu_q).unsqueeze(0)
+
+
+def _naive_backward(dout, q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
+                    max_seqlen_q, max_seqlen_k):
+    if not varlen:
+        dq, dk, dv, dbias, dkb = naive.sigmoid_attn_backward_padded(
+            dout, q, k, v, len_q, len_k, bias, key_bias, slopes, scale, causal)
+        return dq, dk, dv, dbias, dkb if key_bias is not None else None
+    cu_q, cu_k = _cu_from_starts(start_q, len_q), _cu_from_starts(start_k, len_k)
+    pad_q = lambda t: unpack_to_padded(t[0], cu_q, max_seqlen_q)
+    pad_k = lambda t: unpack_to_padded(t[0], cu_k, max_seqlen_k)
+    kbp = None if key_bias is None else pad_k(key_bias)
+    dq, dk, dv, dbias, dkb = naive.sigmoid_attn_backward_padded(
+        pad_q(dout), pad_q(q), pad_k(k), pad_k(v), len_q, len_k, bias, kbp, slopes, scale, causal)
+    packed_q = lambda t: pack_padded(t, cu_q).unsqueeze(0)
+    packed_k = lambda t: pack_padded(t, cu_k).unsqueeze(0)
+    dkb = None if key_bias is None else packed_k(dkb)
+    return packed_q(dq), packed_k(dk), packed_k(dv), dbias, dkb
+
+
+def _cu_from_starts(start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    cu = torch.zeros(start.numel() + 1, dtype=torch.int32, device=start.device)
+    cu[:-1] = start
+    if length.numel():
+        cu[-1] = start[-1] + length[-1]
+    return cu
+
+
+# ----------------------------------------------------------------------------------------------------
+# Custom ops and autograd
+# ----------------------------------------------------------------------------------------------------
+# Both ops take the internal layout: q [B', rows, H, D], k / v [B', rows_k, Hkv, D] (B' = 1 when packed),
+# bias [B, H] float32 (the whole per-head additive bias), key_bias [B', rows_k] float32 or None, slopes
+# [B, H] float32 or None, and start / length int32 [B] per sequence.
+
+
+@torch.library.custom_op("sigcell::sigmoid_attn_fwd", mutates_args=())
+def _sigmoid_attn_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+    key_bias: torch.Tensor | None, slopes: torch.Tensor | None,
+    start_q: torch.Tensor, len_q: torch.Tensor, start_k: torch.Tensor, len_k: torch.Tensor,
+    scale: float, causal: bool, varlen: bool, max_seqlen_q: int, max_seqlen_k: int, fast_sigmoid: bool,
+) -> torch.Tensor:
+    if _uses_triton(q):
+        return _triton_forward(q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal,
+                               varlen, max_seqlen_q, fast_sigmoid)
+    return _naive_forward(q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
+                          max_seqlen_q, max_seqlen_k)
+
+
+@_sigmoid_attn_fwd.register_fake
+def _(q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen, max_seqlen_q,
+      max_seqlen_k, fast_sigmoid):
+    return torch.empty_like(q)
+
+
+@torch.library.custom_op("sigcell::sigmoid_attn_bwd", mutates_args=())
+def _sigmoid_attn_bwd(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+    key_bias: torch.Tensor | None, slopes: torch.Tensor | None,
+    start_q: torch.Tensor, len_q: torch.Tensor, start_k: torch.Tensor, len_k: torch.Tensor,
+    scale: float, causal: bool, varlen: bool, max_seqlen_q: int, max_seqlen_k: int, fast_sigmoid: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    args = (dout, q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
+            max_seqlen_q, max_seqlen_k)
+    if _uses_triton(q):
+        dq, dk, dv, dbias, dkb = _triton_backward(*args, fast_sigmoid)
+    else:
+        dq, dk, dv, dbias, dkb = _naive_backward(*args)
+    dkb = dkb.to(bias.dtype) if dkb is not None else bias.new_empty(0)
+    return dq, dk, dv, dbias.to(bias.dtype), dkb
+
+
+@_sigmoid_attn_bwd.register_fake
+def _(dout, q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
+      max_seqlen_q, max_seqlen_k, fast_sigmoid):
+    dkb = torch.empty_like(key_bias, dtype=bias.dtype) if key_bias is not None else bias.new_empty(0)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(bias), dkb
+
+
+_TENSOR_INPUTS = ("q", "k", "v", "bias", "key_bias", "slopes", "start_q", "len_q", "start_k", "len_k")
+_ATTRS = ("scale", "causal", "varlen", "max_seqlen_q", "max_seqlen_k", "fast_sigmoid")
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[: len(_TENSOR_INPUTS)])
+    ctx.attrs = inputs[len(_TENSOR_INPUTS):]
+    ctx.has_key_bias = inputs[4] is not None
+
+
+def _backward(ctx, dout):
+    saved = ctx.saved_tensors
+    dq, dk, dv, dbias, dkb = _sigmoid_attn_bwd(dout.contiguous(), *saved, *ctx.attrs)
+    return (dq, dk, dv, dbias, dkb if ctx.has_key_bias else None, *([None] * (len(_TENSOR_INPUTS) - 5)),
+            *([None] * len(_ATTRS)))
+
+
+torch.library.register_autograd("sigcell::sigmoid_attn_fwd", _backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input checks
+# ----------------------------------------------------------------------------------------------------
+
+
+def _fail(msg: str) -> None:
+    raise ValueError(msg)
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rank: int, layout: str, fn: str) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            _fail(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != rank:
+            _fail(f"{fn}: {name} must have {rank} dimensions {layout}, got shape {tuple(t.shape)}")
+    if q.dtype not in _FLOAT_DTYPES and not (q.dtype == torch.float64 and q.device.type == "cpu"):
+        _fail(f"{fn}: q has dtype {q.dtype}; supported are bfloat16, float16 and float32 "
+              "(float64 on the CPU path only); cast the inputs with .to(torch.bfloat16)")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            _fail(f"{fn}: q, k and v must share one dtype, got q {q.dtype} and {name} {t.dtype}")
+        if t.device != q.device:
+            _fail(f"{fn}: q, k and v must be on one device, got q on {q.device} and {name} on {t.device}")
+    if k.shape != v.shape:
+        _fail(f"{fn}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    dim = q.shape[-1]
+    if k.shape[-1] != dim:
+        _fail(f"{fn}: q and k must share the head dim, got {dim} and {k.shape[-1]}")
+    if not 1 <= dim <= MAX_HEAD_DIM:
+        _fail(f"{fn}: head dim {dim} is not supported; sigcell supports 1..{MAX_HEAD_DIM}")
+    heads, kv_heads = q.shape[-2], k.shape[-2]
+    if kv_heads == 0 or heads % kv_heads:
+        _fail(f"{fn}: the number of query heads ({heads}) must be a multiple of the number of KV heads "
+              f"({kv_heads}) for grouped-query attention")
+
+
+def _check_lengths(name: str, lens: torch.Tensor, batch: int, max_len: int, device, fn: str) -> None:
+    if not isinstance(lens, torch.Tensor):
+        _fail(f"{fn}: {name} must be an int32 tensor of shape [{batch}], got {type(lens).__name__}")
+    if lens.dtype != torch.int32:
+        _fail(f"{fn}: {name} must have dtype torch.int32, got {lens.dtype}; pass {name}.to(torch.int32)")
+    if tuple(lens.shape) != (batch,):
+        _fail(f"{fn}: {name} must have shape [{batch}] (one length per sequence), got {tuple(lens.shape)}")
+    if lens.device != device:
+        _fail(f"{fn}: {name} is on {lens.device} but q is on {device}; move it with .to(q.device)")
+    if _value_checks_enabled() and batch and bool(((lens < 0) | (lens > max_len)).any()):
+        _fail(f"{fn}: {name} must lie in [0, {max_len}], got min {int(lens.min())} and max {int(lens.max())}")
+
+
+def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, max_seqlen: int, device, fn: str) -> None:
+    if not isinstance(cu, torch.Tensor) or cu.dim() != 1 or cu.numel() < 1:
+        _fail(f"{fn}: {name} must be a 1-D int32 tensor of shape [B + 1], got "
+              f"{tuple(cu.shape) if isinstance(cu, torch.Tensor) else type(cu).__name__}")
+    if cu.dtype != torch.int32:
+        _fail(f"{fn}: {name} must have dtype torch.int32, got {cu.dtype}; pass {name}.to(torch.int32)")
+    if cu.device != device:
+        _fail(f"{fn}: {name} is on {cu.device} but q is on {device}; move it with .to(q.device)")
+    if not _value_checks_enabled():
+        return
+    values = cu.tolist()
+    if values[0] != 0:
+        _fail(f"{fn}: {name} must start at 0, got {values[0]}")
+    if any(b < a for a, b in zip(values, values[1:], strict=False)):
+        _fail(f"{fn}: {name} must be non-decreasing (cumulative offsets), got {values[:8]}...")
+    if values[-1] != total:
+        _fail(f"{fn}: {name} must end at the number of packed tokens ({total}), got {values[-1]}")
+    longest = max((b - a for a, b in zip(values, values[1:], strict=False)), default=0)
+    if longest > max_seqlen:
+        _fail(f"{fn}: max_seqlen for {name} is {max_seqlen} but the longest sequence has {longest} tokens")
+
+
+def _value_checks_enabled() -> bool:
+    # Checks of values read tensors on the host; skipped while torch.compile traces.
+    return not torch.compiler.is_compiling()
+
+
+def _param_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Biases and slopes are float32, or float64 for float64 inputs (the reference)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _head_bias(bias, lens_k: torch.Tensor, heads: int, q: torch.Tensor, fn: str) -> torch.Tensor:
+    """The additive bias per (sequence, head) as float32 ``[B, H]``."""
+    device, dtype = q.device, _param_dtype(q.dtype)
+    if bias is None:
+        return (-torch.log(lens_k.clamp(min=1).to(dtype))).unsqueeze(1).expand(-1, heads).contiguous()
+    if isinstance(bias, torch.Tensor):
+        if tuple(bias.shape) != (heads,):
+            _fail(f"{fn}: a tensor bias must have shape [H] = [{heads}] (one per query head), "
+                  f"got {tuple(bias.shape)}; pass a float for one bias shared by all heads")
+        if bias.device != device:
+            _fail(f"{fn}: bias is on {bias.device} but q is on {device}")
+        return bias.to(dtype).unsqueeze(0).expand(lens_k.numel(), -1).contiguous()
+    if isinstance(bias, (int, float)) and math.isfinite(bias):
+        return torch.full((lens_k.numel(), heads), float(bias), dtype=dtype, device=device)
+    _fail(f"{fn}: bias must be None (-log of the number of keys), a finite float, or a tensor of shape [H]; "
+          f"got {bias!r}")
+    raise AssertionError  # unreachable
+
+
+def _alibi(slopes, batch: int, heads: int, q: torch.Tensor, fn: str) -> torch.Tensor | None:
+    device = q.device
+    if slopes is None:
+        return None
+    if not isinstance(slopes, torch.Tensor) or tuple(slopes.shape) not in ((heads,), (batch, heads)):
+        shape = tuple(slopes.shape) if isinstance(slopes, torch.Tensor) else type(slopes).__name__
+        _fail(f"{fn}: alibi_slopes must be a tensor of shape [H] = [{heads}] or [B, H] = [{batch}, {heads}], "
+              f"got {shape}")
+    if slopes.device != device:
+        _fail(f"{fn}: alibi_slopes is on {slopes.device} but q is on {device}")
+    return slopes.detach().to(_param_dtype(q.dtype)).expand(batch, heads).contiguous()
+
+
+def _key_bias(key_bias, expected: tuple[int, ...], q: torch.Tensor, fn: str, layout: str) -> torch.Tensor | None:
+    device = q.device
+    if key_bias is None:
+        return None
+    if not isinstance(key_bias, torch.Tensor) or tuple(key_bias.shape) != expected:
+        shape = tuple(key_bias.shape) if isinstance(key_bias, torch.Tensor) else type(key_bias).__name__
+        _fail(f"{fn}: key_bias must have shape {layout} = {list(expected)}, got {shape}")
+    if not key_bias.is_floating_point():
+        _fail(f"{fn}: key_bias must be a floating-point tensor, got {key_bias.dtype}")
+    if key_bias.device != device:
+        _fail(f"{fn}: key_bias is on {key_bias.device} but q is on {device}")
+    return key_bias.to(_param_dtype(q.dtype))
+
+
+def _resolve_scale(scale: float | None, dim: int, fn: str) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(dim)
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        _fail(f"{fn}: scale must be a finite float or None (1/sqrt(head dim)), got {scale!r}")
+    return float(scale)
+
+
+def _resolve_fast(fast_sigmoid: bool | None, dtype: torch.dtype) -> bool:
+    # tanh.approx costs one special-function op per score; float32 callers get the accurate path.
+    return dtype != torch.float32 if fast_sigmoid is None else bool(fast_sigmoid)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------------------------------------
+
+
+def sigmoid_attn_func(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float | None = None,
+    bias: float | torch.Tensor | None = None,
+    causal: bool = False,
+    seq_lens_q: torch.Tensor | None = None,
+    seq_lens_k: torch.Tensor | None = None,
+    key_bias: torch.Tensor | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    fast_sigmoid: bool | None = None,
+) -> torch.Tensor:
+    r"""Sigmoid attention on a (right-)padded batch.
+
+    ``out[b, i, h] = sum_j sigmoid(scale * q_i . k_j + bias + key_bias[b, j] - slope_h * |i + Lk - Lq - j|) v_j``
+    over the valid keys ``j < Lk_b`` (and, if causal, ``j <= i + Lk_b - Lq_b``) of sequence ``b``;
+    ``Lq_b`` and ``Lk_b`` are the sequence's lengths. Rows of padded queries (``i >= Lq_b``) are exactly 0.
+
+    Causal masks are aligned to the bottom-right corner, as in flash-attn. For ``Lq = 2, Lk = 5``
+    (1 = attended)::
+
+        1 1 1 1 0
+        1 1 1 1 1
+
+    and for ``Lq = 5, Lk = 2`` the first three queries see no key and output 0::
+
+        0 0
+        0 0
+        0 0
+        1 0
+        1 1
+
+    Parameters
+    ----------
+    q
+        Queries ``[B, Lq, H, D]``; bfloat16, float16 or float32 (float64 on CPU); any strides.
+    k, v
+        Keys and values ``[B, Lk, Hkv, D]``, ``H % Hkv == 0`` (grouped-query / multi-query attention).
+    scale
+        Multiplier of ``q . k``; ``None`` means ``1 / sqrt(D)``.
+    bias
+        ``None``: ``-log(n_k)`` with ``n_k`` the number of valid keys of each sequence (so padding never
+        changes a result); a float; or a tensor ``[H]`` (one per query head; receives a gradient).
+    causal
+        Mask future keys (bottom-right aligned, see above).
+    seq_lens_q, seq_lens_k
+        int32 ``[B]`` valid lengths (right padding). ``None`` means every row is valid.
+    key_bias
+        Optional additive bias per key ``[B, Lk]`` (any float dtype); receives a gradient.
+    alibi_slopes
+        Optional ALiBi slopes ``[H]`` or ``[B, H]`` (float32; no gradient); the penalty is
+        ``slope * |i + Lk - Lq - j|`` as in flash-attn.
+    fast_sigmoid
+        ``True``: one hardware ``tanh.approx`` per score (CUDA); ``False``: the accurate
+        ``1 / (1 + exp(-x))``; ``None``: fast for 16-bit inputs, accurate for float32.
+
+    Returns
+    -------
+    Tensor ``[B, Lq, H, D]`` in q's dtype.
+    """
+    fn = "sigmoid_attn_func"
+    _check_qkv(q, k, v, 4, "[B, L, H, D]", fn)
+    batch, lq, heads, dim = q.shape
+    lk = k.shape[1]
+    if k.shape[0] != batch:
+        _fail(f"{fn}: q and k must have the same batch size, got {batch} and {k.shape[0]}")
+    lens_q = _dense_lengths("seq_lens_q", seq_lens_q, batch, lq, q.device, fn)
+    lens_k = _dense_lengths("seq_lens_k", seq_lens_k, batch, lk, q.device, fn)
+    starts = torch.zeros(batch, dtype=torch.int32, device=q.device)
+    return _sigmoid_attn_fwd(
+        q, k, v,
+        _head_bias(bias, lens_k, heads, q, fn),
+        _key_bias(key_bias, (batch, lk), q, fn, "[B, Lk]"),
+        _alibi(alibi_slopes, batch, heads, q, fn),
+        starts, lens_q, starts, lens_k,
+        _resolve_scale(scale, dim, fn), bool(causal), False, lq, lk, _resolve_fast(fast_sigmoid, q.dtype),
+    )
+
+
+def _dense_lengths(name, lens, batch, max_len, device, fn) -> torch.Tensor:
+    if lens is None:
+        return torch.full((batch,), max_len, dtype=torch.int32, device=device)
+    _check_lengths(name, lens, batch, max_len, device, fn)
+    return lens
+
+
+def sigmoid_attn_varlen_func(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    scale: float | None = None,
+    bias: float | torch.Tensor | None = None,
+    causal: bool = False,
+    key_bias: torch.Tensor | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    fast_sigmoid: bool | None = None,
+) -> torch.Tensor:
+    """Sigmoid attention on packed sequences (no attention across sequences).
+
+    Same function as :func:`sigmoid_attn_func`, sequence by sequence, with ``Lq_b`` / ``Lk_b`` given by
+    the offsets. ``bias=None`` means ``-log(Lk_b)`` per sequence.
+
+    Parameters
+    ----------
+    q
+        Packed queries ``[Tq, H, D]``.
+    k, v
+        Packed keys and values ``[Tk, Hkv, D]``.
+    cu_seqlens_q, cu_seqlens_k
+        int32 ``[B + 1]`` cumulative offsets: sequence ``b`` is rows ``cu[b]:cu[b + 1]``; start at 0, end at
+        ``Tq`` / ``Tk``.
+    max_seqlen_q, max_seqlen_k
+        Upper bounds of the sequence lengths (sizes the launch grid).
+    scale, bias, causal, alibi_slopes, fast_sigmoid
+        As in :func:`sigmoid_attn_func`.
+    key_bias
+        Optional additive bias per packed key ``[Tk]``; receives a gradient.
+
+    Returns
+    -------
+    Tensor ``[Tq, H, D]`` in q's dtype.
+    """
+    fn = "sigmoid_attn_varlen_func"
+    _check_qkv(q, k, v, 3, "[T, H, D]", fn)
+    total_q, heads, dim = q.shape
+    total_k = k.shape[0]
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            _fail(f"{fn}: {name} must be a non-negative int, got {value!r}")
+    _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, total_q, max_seqlen_q, q.device, fn)
+    _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, total_k, max_seqlen_k, q.device, fn)
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
+        _fail(f"{fn}: cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
+              f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}")
+    batch = cu_seqlens_q.numel() - 1
+    lens_q, lens_k = lengths_from_cu_seqlens(cu_seqlens_q), lengths_from_cu_seqlens(cu_seqlens_k)
+    kb = _key_bias(key_bias, (total_k,), q, fn, "[Tk]")
+    out = _sigmoid_attn_fwd(
+        q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+        _head_bias(bias, lens_k, heads, q, fn),
+        None if kb is None else kb.unsqueeze(0),
+        _alibi(alibi_slopes, batch, heads, q, fn),
+        cu_seqlens_q[:-1].contiguous(), lens_q, cu_seqlens_k[:-1].contiguous(), lens_k,
+        _resolve_scale(scale, dim, fn), bool(causal), True, int(max_seqlen_q), int(max_seqlen_k),
+        _resolve_fast(fast_sigmoid, q.dtype),
+    )
+    return out.squeeze(0)
