@@ -1,0 +1,5 @@
+"""Data: AnnData in, tokenized cells out."""
+
+from sigcell.data.batch import CellBatch
+
+__all__ = ["CellBatch"]
