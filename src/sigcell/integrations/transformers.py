@@ -158,6 +158,26 @@ class KeyPaddingLengths:
             return self
         return dataclasses.replace(self, seq_lens=self.seq_lens.to(device))
 
+    # Models that build the mask through transformers' helpers but then compute attention themselves
+    # (``scores + attention_mask``) receive this object; fail loudly there instead of with a TypeError.
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        _not_interface_model(getattr(func, "__name__", str(func)))
+
+    def _arith(self, *_: Any) -> Any:
+        _not_interface_model("arithmetic")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _arith
+    __and__ = __rand__ = __or__ = __ror__ = __invert__ = _arith
+
+
+def _not_interface_model(op: str) -> None:
+    _unsupported(
+        f"sigmoid attention: this model computes attention itself and used the sigmoid implementation's mask "
+        f"object in `{op}`, instead of passing it to transformers' AttentionInterface; the model does not "
+        f"support custom attention implementations (see sigcell.integrations.transformers.SUPPORTED_MODEL_TYPES)"
+    )
+
 
 def _fail(msg: str) -> None:
     raise ValueError(msg)
