@@ -64,7 +64,7 @@ from sigcell.ops import sigmoid_attn_func, sigmoid_attn_varlen_func
 
 if int(transformers.__version__.split(".")[0]) < 5:  # pragma: no cover - depends on the environment
     msg = (
-        f"sigcell.integrations.transformers needs transformers >= 5 (AttentionMaskInterface), got "
+        "sigcell.integrations.transformers needs transformers >= 5 (AttentionMaskInterface), got "
         f"{transformers.__version__}; upgrade with `pip install -U \"transformers>=5\"`"
     )
     raise ImportError(msg)
@@ -173,9 +173,10 @@ class KeyPaddingLengths:
 
 def _not_interface_model(op: str) -> None:
     _unsupported(
-        f"sigmoid attention: this model computes attention itself and used the sigmoid implementation's mask "
-        f"object in `{op}`, instead of passing it to transformers' AttentionInterface; the model does not "
-        f"support custom attention implementations (see sigcell.integrations.transformers.SUPPORTED_MODEL_TYPES)"
+        "sigmoid attention: this model computes attention itself and used the sigmoid implementation's "
+        f"mask object in `{op}`, instead of passing it to transformers' AttentionInterface; the model does "
+        "not support custom attention implementations (see "
+        "sigcell.integrations.transformers.SUPPORTED_MODEL_TYPES)"
     )
 
 
@@ -200,9 +201,10 @@ def _lengths_from_keep(keep: torch.Tensor, where: str) -> torch.Tensor | None:
         if bool(valid_after_pad.any()):
             row = int(valid_after_pad.any(dim=1).nonzero()[0, 0])
             _fail(
-                f"sigmoid attention: {where} is not a right-padding mask: sequence {row} has a valid token after "
-                f"a padded one (left padding or holes); sigcell's kernel takes one valid length per sequence, so "
-                f"pad on the right (tokenizer.padding_side = 'right') or pack the batch (DataCollatorWithFlattening)"
+                f"sigmoid attention: {where} is not a right-padding mask: sequence {row} has a valid token "
+                "after a padded one (left padding or holes); sigcell's kernel takes one valid length per "
+                "sequence, so pad on the right (tokenizer.padding_side = 'right') or pack the batch "
+                "(DataCollatorWithFlattening)"
             )
         if bool(keep.all()):
             return None
@@ -212,15 +214,15 @@ def _lengths_from_keep(keep: torch.Tensor, where: str) -> torch.Tensor | None:
 def _keep_from_2d(mask: torch.Tensor, batch: int, kv_length: int, where: str) -> torch.Tensor:
     if tuple(mask.shape) != (batch, kv_length):
         _fail(
-            f"sigmoid attention: {where} must be a padding mask of shape [B, L] = [{batch}, {kv_length}], got "
-            f"{tuple(mask.shape)}"
+            f"sigmoid attention: {where} must be a padding mask of shape [B, L] = [{batch}, {kv_length}], "
+            f"got {tuple(mask.shape)}"
         )
     if mask.dtype == torch.bool:
         return mask
     if _checks_enabled() and bool(((mask != 0) & (mask != 1)).any()):
         _fail(
-            f"sigmoid attention: {where} ({mask.dtype}) must hold only 0 (padding) and 1 (token); got other "
-            f"values; pass the tokenizer's attention_mask"
+            f"sigmoid attention: {where} ({mask.dtype}) must hold only 0 (padding) and 1 (token); got "
+            "other values; pass the tokenizer's attention_mask"
         )
     return mask != 0
 
@@ -239,41 +241,42 @@ def _keep_from_4d(mask: torch.Tensor, batch: int, q_length: int, kv_length: int)
         keep = mask == 0
         if _checks_enabled() and bool((~keep & (mask > torch.finfo(mask.dtype).min / 2)).any()):
             _unsupported(
-                "sigmoid attention: the 4-D float attention mask carries an additive bias (values other than 0 and "
-                "-inf / dtype min), e.g. relative-position or ALiBi biases folded into the mask; sigcell's kernel "
-                "takes padding lengths only, so this model is not supported"
+                "sigmoid attention: the 4-D float attention mask carries an additive bias (values other "
+                "than 0 and -inf / dtype min), e.g. relative-position or ALiBi biases folded into the "
+                "mask; sigcell's kernel takes padding lengths only, so this model is not supported"
             )
     else:
         keep = mask != 0
     if _checks_enabled() and not bool((keep == keep[:, :1, :1, :]).all()):
         _unsupported(
-            "sigmoid attention: the 4-D attention mask is not a key-padding mask (it differs between queries or "
-            "heads: causal, sliding-window, block or custom pattern); sigcell's kernel takes one valid length "
-            "per sequence, so this mask cannot be honored"
+            "sigmoid attention: the 4-D attention mask is not a key-padding mask (it differs between "
+            "queries or heads: causal, sliding-window, block or custom pattern); sigcell's kernel takes "
+            "one valid length per sequence, so this mask cannot be honored"
         )
     return keep[:, 0, 0, :].expand(batch, kv_length)
 
 
 def _lengths_from_mask(mask: Any, batch: int, q_length: int, kv_length: int) -> torch.Tensor | None:
-    """The attention function's ``attention_mask`` argument as int32 lengths ``[B]`` (``None``: no padding)."""
+    """The attention function's ``attention_mask`` as int32 lengths ``[B]`` (``None``: no padding)."""
     if mask is None:
         return None
     if isinstance(mask, KeyPaddingLengths):
         if mask.kv_length != kv_length:
             _unsupported(
-                f"sigmoid attention: the padding mask covers {mask.kv_length} keys but the layer has {kv_length}; "
-                f"this happens with cross-attention or a KV cache, which sigcell's integration does not support"
+                f"sigmoid attention: the padding mask covers {mask.kv_length} keys but the layer has "
+                f"{kv_length}; this happens with cross-attention or a KV cache, which sigcell's "
+                "integration does not support"
             )
         return mask.seq_lens
     if isinstance(mask, torch.Tensor) and mask.ndim == 2:
         return _lengths_from_keep(_keep_from_2d(mask, batch, kv_length, "attention_mask"), "attention_mask")
     if isinstance(mask, torch.Tensor) and mask.ndim == 4:
         return _lengths_from_keep(_keep_from_4d(mask, batch, q_length, kv_length), "the 4-D attention_mask")
-    shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else None
+    shape = f" with shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else ""
     _unsupported(
-        f"sigmoid attention: cannot read an attention mask of type {type(mask).__name__}"
-        f"{'' if shape is None else f' with shape {shape}'}; expected a [B, L] padding mask (1 = token, "
-        f"0 = padding) or None; the model may have been built for another attn_implementation"
+        f"sigmoid attention: cannot read an attention mask of type {type(mask).__name__}{shape}; expected "
+        "a [B, L] padding mask (1 = token, 0 = padding) or None; the model may have been built for another "
+        "attn_implementation"
     )
     raise AssertionError  # unreachable
 
@@ -313,16 +316,17 @@ def sigmoid_mask(
     """
     if mask_function is causal_mask_function:
         _unsupported(
-            "sigmoid attention: this model asks for a causal mask (a decoder, or an encoder with is_decoder=True); "
-            "sigcell's transformers integration supports bidirectional encoders only (see "
-            "sigcell.integrations.transformers.SUPPORTED_MODEL_TYPES); keep this model on 'sdpa' or 'eager'"
+            "sigmoid attention: this model asks for a causal mask (a decoder, or an encoder with "
+            "is_decoder=True); sigcell's transformers integration supports bidirectional encoders only "
+            "(see sigcell.integrations.transformers.SUPPORTED_MODEL_TYPES); keep this model on 'sdpa' or "
+            "'eager'"
         )
     if mask_function is not bidirectional_mask_function:
         name = getattr(mask_function, "__qualname__", repr(mask_function))
         _unsupported(
-            f"sigmoid attention: this model asks for a custom mask pattern ({name}: sliding-window, chunked, "
-            f"block or combined masks), but sigcell's kernel takes one valid length per sequence; only plain "
-            f"bidirectional encoders (e.g. BERT) are supported"
+            f"sigmoid attention: this model asks for a custom mask pattern ({name}: sliding-window, "
+            "chunked, block or combined masks), but sigcell's kernel takes one valid length per sequence; "
+            "only plain bidirectional encoders (e.g. BERT) are supported"
         )
     if not (isinstance(q_offset, int) and q_offset == 0 and kv_offset == 0):
         _unsupported(
@@ -331,8 +335,8 @@ def sigmoid_mask(
         )
     if q_length != kv_length:
         _unsupported(
-            f"sigmoid attention: the mask is for {q_length} queries and {kv_length} keys (cross-attention or a "
-            f"cache); sigcell's integration supports self-attention of bidirectional encoders only"
+            f"sigmoid attention: the mask is for {q_length} queries and {kv_length} keys (cross-attention "
+            "or a cache); sigcell's integration supports self-attention of bidirectional encoders only"
         )
     lengths = None
     if attention_mask is not None:
@@ -361,8 +365,8 @@ def _packed_offsets(
             _fail("sigmoid attention: packed inputs need both cu_seq_lens_q and cu_seq_lens_k, got only one")
         if cu_q.shape != cu_k.shape or (_checks_enabled() and not bool(torch.equal(cu_q, cu_k))):
             _unsupported(
-                "sigmoid attention: cu_seq_lens_q and cu_seq_lens_k differ (cross-attention between packed "
-                "sequences); only self-attention is supported"
+                "sigmoid attention: cu_seq_lens_q and cu_seq_lens_k differ (cross-attention between "
+                "packed sequences); only self-attention is supported"
             )
         max_len = kwargs.get("max_length_q")
         if max_len is None:
@@ -380,8 +384,8 @@ def _packed_offsets(
     starts = (pos == first).nonzero().reshape(-1).to(torch.int32)
     if int(starts[0]) != 0:
         _fail(
-            f"sigmoid attention: packed position_ids must start a sequence at token 0 (position {int(first)}), "
-            f"got position {int(pos[0])}; pass cu_seq_lens_q / cu_seq_lens_k instead"
+            "sigmoid attention: packed position_ids must start a sequence at token 0 (position "
+            f"{int(first)}), got position {int(pos[0])}; pass cu_seq_lens_q / cu_seq_lens_k instead"
         )
     cu = torch.cat([starts, torch.tensor([length], dtype=torch.int32, device=starts.device)])
     return cu, int((cu[1:] - cu[:-1]).max())
@@ -395,7 +399,7 @@ def _learned_bias(module: nn.Module, heads: int, name: str) -> torch.Tensor:
             f"sigmoid attention '{name}' uses bias='learned', but {type(module).__name__} has no parameter "
             f"'{LEARNED_BIAS_NAME}' of shape [{heads}] (got {got}); call "
             f"sigcell.integrations.transformers.enable(model, name='{name}', bias='learned') or "
-            f"add_learned_bias(model) before creating the optimizer"
+            "add_learned_bias(model) before creating the optimizer"
         )
     return param
 
@@ -430,26 +434,30 @@ def _make_attention_forward(settings: _Settings) -> Callable:
         if is_causal:
             _unsupported(
                 f"sigmoid attention '{name}': {type(module).__name__} is causal (a decoder); sigcell's "
-                f"transformers integration supports bidirectional encoders only"
+                "transformers integration supports bidirectional encoders only"
             )
         if getattr(module, "is_cross_attention", False) or getattr(module, "is_cross", False):
-            _unsupported(f"sigmoid attention '{name}': cross-attention ({type(module).__name__}) is not supported")
+            _unsupported(
+                f"sigmoid attention '{name}': cross-attention ({type(module).__name__}) is not supported"
+            )
         for arg in _UNSUPPORTED_KWARGS:
             if kwargs.get(arg) is not None:
                 _unsupported(
-                    f"sigmoid attention '{name}': {type(module).__name__} passes `{arg}`, which sigcell's kernel "
-                    f"cannot honor; this model is not supported"
+                    f"sigmoid attention '{name}': {type(module).__name__} passes `{arg}`, which sigcell's "
+                    "kernel cannot honor; this model is not supported"
                 )
         if kwargs.get("output_attentions"):
             _fail(
                 f"sigmoid attention '{name}' never materializes attention weights; call the model with "
-                f"output_attentions=False, or switch to attn_implementation='eager' to inspect softmax weights"
+                "output_attentions=False, or switch to attn_implementation='eager' to inspect softmax "
+                "weights"
             )
         if dropout and module.training and settings.attention_dropout == "error":
             _fail(
-                f"sigmoid attention '{name}': the model asks for attention dropout p={dropout} in training, which "
-                f"the kernel does not implement; build the model with attention_probs_dropout_prob=0.0, or "
-                f"register('{name}', attention_dropout='ignore') to train without it"
+                f"sigmoid attention '{name}': the model asks for attention dropout p={dropout} in "
+                "training, which the kernel does not implement; build the model with "
+                f"attention_probs_dropout_prob=0.0, or register('{name}', attention_dropout='ignore') to "
+                "train without it"
             )
         if query.ndim != 4 or key.ndim != 4:
             _fail(
@@ -460,15 +468,15 @@ def _make_attention_forward(settings: _Settings) -> Callable:
         kv_len = key.shape[2]
         if q_len != kv_len:
             _unsupported(
-                f"sigmoid attention '{name}': {q_len} queries but {kv_len} keys (cross-attention or a KV cache); "
-                f"only self-attention of bidirectional encoders is supported"
+                f"sigmoid attention '{name}': {q_len} queries but {kv_len} keys (cross-attention or a KV "
+                "cache); only self-attention of bidirectional encoders is supported"
             )
         lengths = _lengths_from_mask(attention_mask, batch, q_len, kv_len)
         packed = _packed_offsets(kwargs, kwargs.get("position_ids"), batch, q_len)
         if packed is not None and lengths is not None:
             _fail(
-                f"sigmoid attention '{name}': got both a padding mask with padded tokens and packed sequence "
-                f"offsets (cu_seq_lens / restarting position_ids); pass one or the other"
+                f"sigmoid attention '{name}': got both a padding mask with padded tokens and packed "
+                "sequence offsets (cu_seq_lens / restarting position_ids); pass one or the other"
             )
 
         scale = settings.scale if settings.scale is not None else scaling
@@ -497,7 +505,9 @@ def _make_attention_forward(settings: _Settings) -> Callable:
         q, k, v = (t.reshape(total, t.shape[2], dim) for t in (q, k, v))
         if settings.bias == "learned":
             key_bias = _log_length_key_bias(cu[1:] - cu[:-1], total, packed=True)
-        out = sigmoid_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, bias=bias, key_bias=key_bias, **op_kwargs)
+        out = sigmoid_attn_varlen_func(
+            q, k, v, cu, cu, max_len, max_len, bias=bias, key_bias=key_bias, **op_kwargs
+        )
         return out.view(batch, q_len, heads, dim), None
 
     sigmoid_attention_forward.__name__ = f"sigmoid_attention_forward[{settings.name}]"
@@ -564,7 +574,10 @@ def register(
     ):
         _fail(f"register: bias must be None (-log n), a finite float, or 'learned', got {bias!r}")
     if scale is not None and (
-        isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0
+        isinstance(scale, bool)
+        or not isinstance(scale, (int, float))
+        or not math.isfinite(scale)
+        or scale <= 0
     ):
         _fail(f"register: scale must be None (the model's own) or a positive finite float, got {scale!r}")
     if attention_dropout not in ("error", "ignore"):
@@ -599,7 +612,7 @@ def check_model(model: nn.Module, *, allow_untested: bool = False) -> None:
     if not isinstance(model, PreTrainedModel):
         _unsupported(
             f"sigmoid attention: expected a transformers PreTrainedModel, got {type(model).__name__}; for "
-            f"sigcell's own models use sigcell.model instead"
+            "sigcell's own models use sigcell.model instead"
         )
     cls = type(model).__name__
     config = model.config
@@ -611,19 +624,21 @@ def check_model(model: nn.Module, *, allow_untested: bool = False) -> None:
     ):
         if getattr(config, flag, False):
             _unsupported(
-                f"sigmoid attention: {cls} ({model_type}) is {why}; sigcell's transformers integration supports "
-                f"bidirectional self-attention encoders only (e.g. BertForMaskedLM with is_decoder=False)"
+                f"sigmoid attention: {cls} ({model_type}) is {why}; sigcell's transformers integration "
+                "supports bidirectional self-attention encoders only (e.g. BertForMaskedLM with "
+                "is_decoder=False)"
             )
     if not type(model)._can_set_attn_implementation():
         _unsupported(
             f"sigmoid attention: {cls} computes attention itself instead of calling transformers' "
-            f"AttentionInterface, so a registered attention function would never run"
+            "AttentionInterface, so a registered attention function would never run"
         )
     if model_type not in SUPPORTED_MODEL_TYPES and not allow_untested:
         _unsupported(
-            f"sigmoid attention: model type {model_type!r} ({cls}) is not one sigcell has verified; supported: "
-            f"{sorted(SUPPORTED_MODEL_TYPES)}; pass allow_untested=True to try it (the runtime checks still "
-            f"refuse causal, cross-attention, cache and non-padding masks) and compare with 'sdpa' first"
+            f"sigmoid attention: model type {model_type!r} ({cls}) is not one sigcell has verified; "
+            f"supported: {sorted(SUPPORTED_MODEL_TYPES)}; pass allow_untested=True to try it (the runtime "
+            "checks still refuse causal, cross-attention, cache and non-padding masks) and compare with "
+            "'sdpa' first"
         )
 
 
@@ -632,13 +647,14 @@ def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
     found = []
     for mod_name, module in model.named_modules():
         heads = getattr(module, "num_attention_heads", getattr(module, "num_heads", None))
-        if type(module).__name__.endswith("Attention") and isinstance(heads, int) and hasattr(module, "scaling"):
+        is_attention = type(module).__name__.endswith("Attention") and hasattr(module, "scaling")
+        if is_attention and isinstance(heads, int):
             found.append((mod_name, module, heads))
     return found
 
 
 def add_learned_bias(model: nn.Module, init: float = 0.0) -> list[str]:
-    """Add a trainable per-head sigmoid-bias offset (``[H]``, named ``sigmoid_bias``) to each attention module.
+    """Add a trainable per-head sigmoid-bias offset ``sigmoid_bias`` (``[H]``) to each attention module.
 
     Used with ``register(name, bias="learned")``: the score bias becomes ``-log(n) + offset[h]``. Call it
     before creating the optimizer; modules that already have the parameter keep it. The parameters are
@@ -659,8 +675,8 @@ def add_learned_bias(model: nn.Module, init: float = 0.0) -> list[str]:
     modules = _attention_modules(model)
     if not modules:
         _unsupported(
-            f"add_learned_bias: found no BERT-style attention module (class name ending in 'Attention' with "
-            f"num_attention_heads and scaling) in {type(model).__name__}"
+            "add_learned_bias: found no BERT-style attention module (class name ending in 'Attention' "
+            f"with num_attention_heads and scaling) in {type(model).__name__}"
         )
     added = []
     param = next(iter(model.parameters()), None)
@@ -669,7 +685,8 @@ def add_learned_bias(model: nn.Module, init: float = 0.0) -> list[str]:
         if isinstance(getattr(module, LEARNED_BIAS_NAME, None), nn.Parameter):
             continue
         module.register_parameter(
-            LEARNED_BIAS_NAME, nn.Parameter(torch.full((heads,), float(init), dtype=torch.float32, device=device))
+            LEARNED_BIAS_NAME,
+            nn.Parameter(torch.full((heads,), float(init), dtype=torch.float32, device=device)),
         )
         added.append(f"{mod_name}.{LEARNED_BIAS_NAME}" if mod_name else LEARNED_BIAS_NAME)
     return added
