@@ -1,0 +1,516 @@
+"""On-disk tokenized corpus: written once by ``prepare_corpus`` (``sigcell prepare``), read memory-mapped.
+
+Layout of a corpus directory (all arrays raw little-endian binary; dtypes in the manifest)::
+
+    manifest.json            config, inputs, counts, shards, splits; written last ("complete": true)
+    vocab.json               the GeneVocab (with medians for the rank encoding)
+    tokens/shard-00000.gene_ids.bin   int32 token ids, cells back to back (no <cls>)
+    tokens/shard-00000.values.bin     float32 rank scores or int16 bins
+    cells/n_genes.bin        int32 [N]   genes per cell
+    cells/token_start.bin    int64 [N]   first token of each cell, counted over all shards
+    cells/source.bin         int16 [N]   which input the cell came from
+    cells/row.bin            int64 [N]   the cell's row in that input
+    cells/split.bin          uint8 [N]   0 = train, 1 = val
+    cells/cell_ids.bin + cells/cell_id_offsets.bin   utf-8 cell ids
+    splits/train.bin, splits/val.bin  int64 corpus cell indices of each split
+
+Shards end at cell boundaries. The split of a cell is a pure function of its id:
+``blake2b("split" + cell id) / 2**64 < val_fraction`` (independent of file order and chunking).
+Everything is written to ``.<name>.partial-<pid>`` next to the output and renamed at the end, so an
+interrupted prepare never leaves a directory that ``Corpus`` accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sigcell.data.io import check_adata, read_h5ad
+from sigcell.data.tokenize import GeneMedianSketch, TokenizerConfig, cell_hash, tokenize
+from sigcell.data.vocab import GeneVocab
+
+__all__ = ["Corpus", "prepare_corpus", "summarize_manifest"]
+
+_FORMAT = "sigcell-corpus"
+_VERSION = 1
+_SPLITS = {"train": 0, "val": 1}
+
+
+@dataclass(frozen=True)
+class _Input:
+    name: str  # dataset name or file path, as given
+    kind: str  # "file" | "dataset"
+
+
+def _resolve_inputs(inputs: Sequence[str | os.PathLike]) -> list[_Input]:
+    from sigcell import datasets
+
+    if not inputs:
+        msg = "prepare: no inputs; pass .h5ad files and/or dataset names (see `sigcell datasets`)"
+        raise ValueError(msg)
+    out = []
+    for item in inputs:
+        name = str(item)
+        if Path(name).exists() or name.endswith(".h5ad"):
+            if not Path(name).is_file():
+                msg = f"{name}: no such file; pass an existing .h5ad or a dataset name {datasets.available()}"
+                raise FileNotFoundError(msg)
+            out.append(_Input(name, "file"))
+        elif name in datasets.available():
+            out.append(_Input(name, "dataset"))
+        else:
+            msg = f"{name!r} is neither an existing file nor a dataset name; datasets: {datasets.available()}"
+            raise FileNotFoundError(msg)
+    return out
+
+
+def _load(inp: _Input, *, layer, use_raw, gene_col):
+    if inp.kind == "file":
+        return read_h5ad(inp.name, layer=layer, use_raw=use_raw, gene_col=gene_col)
+    from sigcell import datasets
+
+    return check_adata(datasets.load(inp.name), source=f"dataset {inp.name}")
+
+
+def _length_summary(n_genes: np.ndarray) -> dict:
+    """Distribution of sequence lengths (genes + <cls>)."""
+    if n_genes.size == 0:
+        return {}
+    q = np.percentile(n_genes + 1, [0, 5, 25, 50, 75, 95, 100])
+    keys = ["min", "p5", "p25", "median", "p75", "p95", "max"]
+    return {**{k: float(v) for k, v in zip(keys, q, strict=True)}, "mean": float(np.mean(n_genes + 1))}
+
+
+class _Writer:
+    """Appends cells to shard files and per-cell arrays inside the temporary corpus directory."""
+
+    def __init__(self, root: Path, value_dtype: np.dtype, shard_tokens: int) -> None:
+        self.root, self.value_dtype, self.shard_tokens = root, value_dtype, shard_tokens
+        (root / "tokens").mkdir()
+        (root / "cells").mkdir()
+        self.cell_files = {
+            name: open(root / "cells" / f"{name}.bin", "wb")  # noqa: SIM115 - closed in close()
+            for name in ("n_genes", "token_start", "source", "row", "split", "cell_ids", "cell_id_offsets")
+        }
+        self.cell_files["cell_id_offsets"].write(np.zeros(1, np.int64).tobytes())
+        self.id_bytes = 0
+        self.shards: list[dict] = []
+        self.n_tokens = 0
+        self.n_cells = 0
+        self._ids = self._vals = None
+
+    def _open_shard(self) -> None:
+        self._close_shard()
+        name = f"shard-{len(self.shards):05d}"
+        self._ids = open(self.root / "tokens" / f"{name}.gene_ids.bin", "wb")  # noqa: SIM115
+        self._vals = open(self.root / "tokens" / f"{name}.values.bin", "wb")  # noqa: SIM115
+        self.shards.append({"name": name, "token_start": self.n_tokens, "n_tokens": 0, "n_cells": 0})
+
+    def _close_shard(self) -> None:
+        for f in (self._ids, self._vals):
+            if f is not None:
+                f.close()
+
+    def add(self, gene_ids, values, n_genes, source: int, rows, cell_ids, split) -> None:
+        offsets = np.concatenate([[0], np.cumsum(n_genes)])
+        start = 0
+        while start < n_genes.size:  # fill the current shard, roll over at a cell boundary
+            if not self.shards or self.shards[-1]["n_tokens"] >= self.shard_tokens:
+                self._open_shard()
+            room = self.shard_tokens - self.shards[-1]["n_tokens"]
+            stop = int(np.searchsorted(offsets, offsets[start] + room, side="right")) - 1
+            stop = min(max(stop, start + 1), n_genes.size)  # at least one cell per shard
+            a, b = offsets[start], offsets[stop]
+            self._ids.write(np.ascontiguousarray(gene_ids[a:b], dtype=np.int32).tobytes())
+            self._vals.write(np.ascontiguousarray(values[a:b], dtype=self.value_dtype).tobytes())
+            self.shards[-1]["n_tokens"] += int(b - a)
+            self.shards[-1]["n_cells"] += stop - start
+            start = stop
+        f = self.cell_files
+        f["n_genes"].write(n_genes.astype(np.int32).tobytes())
+        f["token_start"].write((self.n_tokens + offsets[:-1]).astype(np.int64).tobytes())
+        f["source"].write(np.full(n_genes.size, source, np.int16).tobytes())
+        f["row"].write(np.asarray(rows, np.int64).tobytes())
+        f["split"].write(np.asarray(split, np.uint8).tobytes())
+        encoded = [str(c).encode() for c in cell_ids]
+        f["cell_ids"].write(b"".join(encoded))
+        ends = self.id_bytes + np.cumsum([len(e) for e in encoded], dtype=np.int64)
+        f["cell_id_offsets"].write(ends.astype(np.int64).tobytes())
+        self.id_bytes = int(ends[-1]) if ends.size else self.id_bytes
+        self.n_tokens += int(offsets[-1])
+        self.n_cells += int(n_genes.size)
+
+    def close(self) -> None:
+        self._close_shard()
+        for f in self.cell_files.values():
+            f.close()
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def prepare_corpus(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    config: TokenizerConfig | None = None,
+    vocab: GeneVocab | None = None,
+    layer: str | None = None,
+    use_raw: bool = False,
+    gene_col: str | None = None,
+    val_fraction: float = 0.05,
+    min_cells_per_gene: int = 1,
+    drop_empty: bool = False,
+    shard_tokens: int = 1 << 28,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Tokenize ``.h5ad`` files and/or registered datasets into an on-disk corpus.
+
+    Parameters
+    ----------
+    inputs
+        Paths of ``.h5ad`` files and/or names from ``sigcell.datasets.available()``.
+    out_dir
+        Corpus directory to create (must not exist unless ``overwrite``).
+    config
+        Tokenizer settings (default ``TokenizerConfig()``), stored in the manifest.
+    vocab
+        Use this vocabulary (e.g. a pretrained model's) instead of building one from the inputs;
+        its medians are used when present, else computed over the inputs.
+    layer, use_raw, gene_col
+        Where counts and gene ids are in each ``.h5ad`` (see ``read_h5ad``); datasets use their own.
+    val_fraction
+        Fraction of cells in the validation split (by hash of the cell id).
+    min_cells_per_gene
+        A built vocabulary keeps genes nonzero in at least this many cells over all inputs.
+    drop_empty
+        Skip cells without any vocabulary gene instead of failing.
+    shard_tokens
+        Tokens per shard file.
+    overwrite
+        Replace an existing corpus at ``out_dir`` (only once the new one is complete).
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        The manifest (also in ``out_dir/manifest.json``): cells, tokens, dropped genes, truncated
+        cells and length distribution per input and in total, split sizes, wall time.
+    """
+    t0 = time.perf_counter()
+    config = config or TokenizerConfig()
+    out_dir = Path(out_dir)
+    if not 0 <= val_fraction < 1:
+        msg = f"val_fraction must be in [0, 1), got {val_fraction}"
+        raise ValueError(msg)
+    if out_dir.exists() and not overwrite:
+        msg = f"{out_dir} already exists; choose another --out or pass overwrite=True (--overwrite)"
+        raise FileExistsError(msg)
+    srcs = _resolve_inputs(inputs)
+    load_kw = {"layer": layer, "use_raw": use_raw, "gene_col": gene_col}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    writer = None
+    try:
+        with _progress(progress) as bar:
+            # pass 1: gene vocabulary and corpus medians (skipped when the vocabulary has what we need)
+            need_medians = config.encoding == "rank" and (vocab is None or vocab.medians is None)
+            if vocab is None or need_medians:
+                task = bar.add_task("scanning genes", total=len(srcs))
+                sketch = GeneMedianSketch(config.target_sum)
+                n_cells_expr: dict[str, int] = {}
+                kinds = set()
+                for src in srcs:
+                    adata = _load(src, **load_kw)
+                    kinds.add(adata.uns["sigcell_input"]["gene_id_kind"])
+                    nz = np.asarray((adata.X != 0).sum(axis=0)).ravel()
+                    for g, c in zip(adata.var_names, nz, strict=True):
+                        n_cells_expr[g] = n_cells_expr.get(g, 0) + int(c)
+                    if need_medians:
+                        from sigcell.data.io import detect_values, to_count_scale
+
+                        x = to_count_scale(adata.X, detect_values(adata.X))
+                        sketch.add(x, list(adata.var_names))
+                    del adata
+                    bar.advance(task)
+                if vocab is None:
+                    genes = [g for g, c in n_cells_expr.items() if c >= min_cells_per_gene]
+                    if not genes:
+                        msg = f"no gene is nonzero in >= {min_cells_per_gene} cells over the inputs"
+                        raise ValueError(msg)
+                    kind = kinds.pop() if len(kinds) == 1 else "mixed"
+                    vocab = GeneVocab.from_genes(genes, gene_id_kind=kind)
+                if need_medians:
+                    med = sketch.medians(vocab.genes)
+                    unseen = np.isnan(med)
+                    if unseen.any():
+                        msg = (
+                            f"{int(unseen.sum())} vocabulary genes are never expressed in the inputs "
+                            f"(e.g. {list(np.asarray(vocab.genes)[unseen][:5])}), so their rank medians "
+                            "are undefined; pass a vocabulary with medians or more data"
+                        )
+                        raise ValueError(msg)
+                    vocab = vocab.with_medians(med)
+            vocab.save(tmp / "vocab.json")
+
+            # pass 2: tokenize and write
+            writer = _Writer(tmp, config.value_dtype, shard_tokens)
+            per_input = []
+            for i, src in enumerate(srcs):
+                adata = _load(src, **load_kw)
+                task = bar.add_task(f"tokenizing {Path(src.name).name}", total=adata.n_obs)
+                cells = tokenize(
+                    adata,
+                    vocab,
+                    config,
+                    empty="drop" if drop_empty else "error",
+                    progress=lambda n, task=task: bar.advance(task, n),
+                )
+                cell_ids = np.asarray(adata.obs_names)[cells.cell_index]
+                bad = [c for c in cell_ids[:100000] if "\n" in c]
+                if bad:
+                    msg = f"{src.name}: cell ids must not contain newlines (e.g. {bad[0]!r})"
+                    raise ValueError(msg)
+                h = cell_hash(cell_ids, salt="split")
+                split = (h.astype(np.float64) / 2.0**64 < val_fraction).astype(np.uint8)
+                writer.add(cells.gene_ids, cells.values, cells.n_genes, i, cells.cell_index, cell_ids, split)
+                per_input.append(
+                    {
+                        "name": src.name,
+                        "kind": src.kind,
+                        "input": adata.uns["sigcell_input"],
+                        **{k: v for k, v in cells.stats.items() if k != "values"},
+                        "n_val": int(split.sum()),
+                        "length": _length_summary(cells.n_genes),
+                    }
+                )
+                del adata, cells
+            writer.close()
+
+        split_all = np.fromfile(tmp / "cells" / "split.bin", dtype=np.uint8)
+        (tmp / "splits").mkdir()
+        for name, code in _SPLITS.items():
+            np.flatnonzero(split_all == code).astype(np.int64).tofile(tmp / "splits" / f"{name}.bin")
+        n_genes_all = np.fromfile(tmp / "cells" / "n_genes.bin", dtype=np.int32)
+        manifest = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "complete": True,
+            "tokenizer": config.to_dict(),
+            "value_dtype": config.value_dtype.name,
+            "vocab": {"file": "vocab.json", "n_genes": vocab.n_genes, "gene_id_kind": vocab.gene_id_kind},
+            "inputs": per_input,
+            "n_cells": writer.n_cells,
+            "n_tokens": writer.n_tokens,
+            "n_tokens_with_cls": writer.n_tokens + writer.n_cells,
+            "n_truncated": sum(p["n_truncated"] for p in per_input),
+            "n_empty_dropped": sum(p["n_empty_dropped"] for p in per_input),
+            "n_dropped_genes": sum(p["n_unknown_genes"] for p in per_input),
+            "length": _length_summary(n_genes_all),
+            "splits": {
+                "val_fraction": val_fraction,
+                "rule": "blake2b('split' + 0x1f + cell_id) / 2**64 < val_fraction",
+                **{k: int((split_all == c).sum()) for k, c in _SPLITS.items()},
+            },
+            "shards": writer.shards,
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+        }
+        manifest_tmp = tmp / "manifest.json.tmp"
+        manifest_tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(manifest_tmp, tmp / "manifest.json")
+        if out_dir.exists():  # overwrite: swap in the new corpus, then delete the old one
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+        return manifest
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def summarize_manifest(manifest: dict) -> str:
+    """Human-readable summary of a corpus manifest (what ``sigcell prepare`` prints)."""
+    tok = manifest["tokenizer"]
+    lines = [
+        f"corpus: {manifest['n_cells']:,} cells, {manifest['n_tokens_with_cls']:,} tokens (with <cls>), "
+        f"{manifest['vocab']['n_genes']:,} genes in vocab ({manifest['vocab']['gene_id_kind']}), "
+        f"encoding {tok['encoding']}, max_genes {tok['max_genes']} ({tok['truncation']})",
+        f"splits: train {manifest['splits']['train']:,}, val {manifest['splits']['val']:,}; "
+        f"truncated cells {manifest['n_truncated']:,}, empty cells dropped {manifest['n_empty_dropped']:,}, "
+        f"dropped genes {manifest['n_dropped_genes']:,}; {manifest['wall_time_s']:.1f} s",
+        f"{'input':<28} {'values':<15} {'cells':>8} {'tokens':>11} {'trunc':>6} {'dropG':>6}  "
+        "length min/median/mean/p95/max",
+    ]
+    for p in manifest["inputs"]:
+        ln = p["length"]
+        dist = "/".join(f"{ln[k]:.0f}" for k in ("min", "median", "mean", "p95", "max")) if ln else "-"
+        lines.append(
+            f"{Path(p['name']).name[:28]:<28} {p['input']['values']:<15} {p['n_cells']:>8,} "
+            f"{p['n_tokens'] + p['n_cells']:>11,} {p['n_truncated']:>6,} {p['n_unknown_genes']:>6,}  {dist}"
+        )
+    return "\n".join(lines)
+
+
+class Corpus:
+    """A prepared corpus, memory-mapped: ``len``, ``corpus[i] -> (gene_ids, values)``, ``gather``.
+
+    Parameters
+    ----------
+    path
+        Directory written by ``prepare_corpus`` / ``sigcell prepare``.
+    split
+        ``"train"`` (default), ``"val"`` or ``"all"``. Indices ``0..len-1`` address this split's cells.
+
+    Attributes
+    ----------
+    config : TokenizerConfig
+    vocab : GeneVocab
+    manifest : dict
+    """
+
+    def __init__(self, path: str | os.PathLike, split: str = "train") -> None:
+        self.path = Path(path)
+        mpath = self.path / "manifest.json"
+        if not mpath.is_file():
+            partial = " (it looks like an interrupted prepare: run it again)" if self.path.is_dir() else ""
+            msg = f"{self.path}: not a finished sigcell corpus, no manifest.json{partial}"
+            raise FileNotFoundError(msg)
+        manifest = json.loads(mpath.read_text())
+        if manifest.get("format") != _FORMAT or not manifest.get("complete"):
+            msg = f"{self.path}: manifest is not a complete {_FORMAT}; re-run sigcell prepare"
+            raise ValueError(msg)
+        if manifest.get("version") != _VERSION:
+            msg = f"{self.path}: corpus version {manifest.get('version')}, this sigcell reads {_VERSION}"
+            raise ValueError(msg)
+        if split not in (*_SPLITS, "all"):
+            msg = f"split must be one of {[*_SPLITS, 'all']}, got {split!r}"
+            raise ValueError(msg)
+        self.manifest, self.split = manifest, split
+        self.config = TokenizerConfig(**manifest["tokenizer"])
+        self.vocab = GeneVocab.load(self.path / manifest["vocab"]["file"])
+        n, t = manifest["n_cells"], manifest["n_tokens"]
+        vdt = np.dtype(manifest["value_dtype"])
+        self._cells = {
+            name: self._map(f"cells/{name}.bin", dt, n)
+            for name, dt in [
+                ("n_genes", np.int32),
+                ("token_start", np.int64),
+                ("source", np.int16),
+                ("row", np.int64),
+                ("split", np.uint8),
+            ]
+        }
+        self._id_offsets = self._map("cells/cell_id_offsets.bin", np.int64, n + 1)
+        self._ids_blob = self._map("cells/cell_ids.bin", np.uint8, int(self._id_offsets[-1]) if n else 0)
+        self._shard_start = np.array([s["token_start"] for s in manifest["shards"]], dtype=np.int64)
+        self._shards = [
+            (
+                self._map(f"tokens/{s['name']}.gene_ids.bin", np.int32, s["n_tokens"]),
+                self._map(f"tokens/{s['name']}.values.bin", vdt, s["n_tokens"]),
+            )
+            for s in manifest["shards"]
+        ]
+        if sum(s["n_tokens"] for s in manifest["shards"]) != t:
+            msg = f"{self.path}: shards hold a different token count than the manifest ({t}); re-run prepare"
+            raise ValueError(msg)
+        if split == "all":
+            self._index = np.arange(n, dtype=np.int64)
+        else:
+            self._index = self._map(f"splits/{split}.bin", np.int64, manifest["splits"][split])
+        self._n_genes = np.asarray(self._cells["n_genes"][self._index], dtype=np.int64)
+
+    def _map(self, rel: str, dtype, count: int) -> np.ndarray:
+        f = self.path / rel
+        expected = int(count) * np.dtype(dtype).itemsize
+        size = f.stat().st_size if f.is_file() else -1
+        if size != expected:
+            got = size if size >= 0 else "no file"
+            msg = f"{f}: expected {expected} bytes, got {got}; the corpus is damaged, re-run prepare"
+            raise ValueError(msg)
+        if count == 0:
+            return np.zeros(0, dtype=dtype)
+        return np.memmap(f, dtype=dtype, mode="r", shape=(int(count),))
+
+    def __len__(self) -> int:
+        return int(self._index.size)
+
+    @property
+    def n_genes(self) -> np.ndarray:
+        """int64 ``[len]``: gene tokens per cell of this split (``<cls>`` excluded)."""
+        return self._n_genes
+
+    def source_index(self, idx: np.ndarray) -> np.ndarray:
+        """Corpus-wide cell index (int64) of split cells ``idx`` (what ``CellBatch.cell_index`` holds)."""
+        return np.asarray(self._index[np.asarray(idx, dtype=np.int64)], dtype=np.int64)
+
+    def origin(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(input number, row in that input)`` of split cells ``idx``; inputs in ``manifest['inputs']``."""
+        g = self.source_index(idx)
+        return np.asarray(self._cells["source"][g]), np.asarray(self._cells["row"][g])
+
+    def cell_ids(self, idx: np.ndarray) -> list[str]:
+        """Cell ids (obs names) of split cells ``idx``."""
+        g = self.source_index(idx)
+        a, b = self._id_offsets[g], self._id_offsets[g + 1]
+        return [bytes(self._ids_blob[s:e]).decode() for s, e in zip(a, b, strict=True)]
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(gene_ids int32, values)`` of split cell ``i``, genes only (no ``<cls>``)."""
+        if not -len(self) <= i < len(self):
+            msg = f"cell {i} out of range for a split of {len(self)} cells"
+            raise IndexError(msg)
+        ids, vals, _ = self.gather(np.array([i % len(self)]))
+        return ids, vals
+
+    def gather(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Concatenated ``(gene_ids [t], values [t], n_genes [len(idx)])`` of split cells ``idx``.
+
+        Reads only the pages holding those cells.
+        """
+        g = self.source_index(idx)
+        starts = np.asarray(self._cells["token_start"][g], dtype=np.int64)
+        lens = np.asarray(self._cells["n_genes"][g], dtype=np.int64)
+        shard = np.searchsorted(self._shard_start, starts, side="right") - 1
+        pos = np.repeat(starts - self._shard_start[shard] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+        pos += np.arange(lens.sum())
+        tok_shard = np.repeat(shard, lens)
+        ids = np.empty(pos.size, np.int32)
+        vals = np.empty(pos.size, self._shards[0][1].dtype if self._shards else np.float32)
+        for s in np.unique(tok_shard):
+            sel = tok_shard == s
+            ids[sel] = self._shards[s][0][pos[sel]]
+            vals[sel] = self._shards[s][1][pos[sel]]
+        return ids, vals, lens
+
+    def __repr__(self) -> str:
+        return (
+            f"Corpus({str(self.path)!r}, split={self.split!r}: {len(self):,} of {self.manifest['n_cells']:,} "
+            f"cells, encoding {self.config.encoding})"
+        )
