@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # One module per area; each defines ``register(subparsers) -> None``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("sigcell.cli.train",)
 
 
 class CliError(Exception):
