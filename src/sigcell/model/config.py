@@ -30,9 +30,9 @@ class ModelConfig:
 
     # Vocabulary and inputs -------------------------------------------------------------------------
     vocab_size: int = 20_003  # token ids incl. the 3 specials (pad, cls, mask); set from the gene vocabulary
-    value_encoding: str = "binned"  # "continuous" (float values), "binned" (int bins) or "rank" (int ranks)
+    value_encoding: str = "binned"  # "continuous" (float values), "binned" (int bins), "rank" (order = rank)
     n_bins: int = 51  # binned encoding: bins 0..n_bins-1 (0 = zero expression), as scGPT
-    max_rank: int = 4096  # rank encoding: ranks >= max_rank share the last rank embedding
+    max_rank: int = 4096  # rank encoding: positions >= max_rank share the last position embedding
     # Transformer ---------------------------------------------------------------------------------------
     d_model: int = 256  # width of the residual stream
     n_layers: int = 4  # number of pre-norm transformer blocks

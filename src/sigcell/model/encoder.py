@@ -13,6 +13,7 @@ from sigcell.model.config import ModelConfig
 from sigcell.model.layout import SeqLayout
 from sigcell.model.norm import make_norm
 from sigcell.model.validate import check_batch
+from sigcell.ops.padding import packed_positions
 
 __all__ = ["Block", "CellEncoder", "EncoderOutput", "ValueEncoder"]
 
@@ -22,7 +23,9 @@ class ValueEncoder(nn.Module):
 
     * continuous: ``Linear(1, d) -> GELU -> Linear(d, d)`` of the float value;
     * binned: an embedding per bin (``n_bins``);
-    * rank: an embedding per rank (``max_rank``; larger ranks share the last one).
+    * rank (Geneformer): genes arrive sorted by descending expression score, so a gene's rank is its
+      position in the cell; an embedding per position (``max_rank``; later positions share the last
+      one). The float scores in ``values`` are not used.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -37,11 +40,13 @@ class ValueEncoder(nn.Module):
         self.mask_embedding = nn.Parameter(torch.zeros(d))
         self.max_index = (config.n_bins if self.encoding == "binned" else config.max_rank) - 1
 
-    def forward(self, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, values: torch.Tensor, mask: torch.Tensor | None, layout: SeqLayout) -> torch.Tensor:
         if self.encoding == "continuous":
             emb = self.proj(values.unsqueeze(-1).to(self.proj[0].weight.dtype))
-        else:
+        elif self.encoding == "binned":
             emb = self.table(values.clamp(max=self.max_index))
+        else:
+            emb = self.table(positions(layout, values).clamp(max=self.max_index))
         if mask is not None and self.encoding != "rank":  # rank masking replaces the gene id instead
             emb = torch.where(mask.unsqueeze(-1), self.mask_embedding.to(emb.dtype), emb)
         return emb
@@ -171,7 +176,7 @@ class CellEncoder(nn.Module):
         """
         check_batch(batch, self.config)
         layout = layout_of(batch)
-        x = self.gene_embedding(batch.gene_ids) + self.value_encoder(batch.values, batch.mask)
+        x = self.gene_embedding(batch.gene_ids) + self.value_encoder(batch.values, batch.mask, layout)
         x = self.drop(x)
         key_bias = self.gene_key_bias(batch.gene_ids).float() if self.gene_key_bias is not None else None
         attentions = [] if return_attention else None
@@ -264,6 +269,13 @@ class CellEncoder(nn.Module):
             if self.gene_key_bias is not None:
                 total -= self.gene_key_bias.weight.numel()
         return total
+
+
+def positions(layout: SeqLayout, like: torch.Tensor) -> torch.Tensor:
+    """int64 position of each token inside its cell (0 = ``<cls>``), shaped like the token tensor."""
+    if layout.packed:
+        return packed_positions(layout.cu_seqlens, like.shape[0])[1]
+    return torch.arange(like.shape[1], device=like.device).expand(like.shape[0], -1)
 
 
 def layout_of(batch: CellBatch) -> SeqLayout:

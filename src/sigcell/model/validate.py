@@ -31,9 +31,9 @@ def check_batch(batch: CellBatch, config: ModelConfig) -> None:
     if config.value_encoding == "continuous" and not values.is_floating_point():
         _fail(f"value_encoding 'continuous' needs float values, got {values.dtype}; the batch looks "
               "binned or ranked: set ModelConfig.value_encoding to match the tokenizer")
-    if config.value_encoding != "continuous" and values.dtype != torch.int64:
-        _fail(f"value_encoding {config.value_encoding!r} needs int64 values, got {values.dtype}; the batch "
-              "looks continuous: set ModelConfig.value_encoding to 'continuous' or re-tokenize")
+    if config.value_encoding == "binned" and values.dtype != torch.int64:
+        _fail(f"value_encoding 'binned' needs int64 bins, got {values.dtype}; the batch looks continuous or "
+              "rank-encoded: set ModelConfig.value_encoding to match the tokenizer")
     if batch.mask is not None and (batch.mask.shape != ids.shape or batch.mask.dtype != torch.bool):
         _fail(f"CellBatch.mask must be bool with shape {tuple(ids.shape)}, got {batch.mask.dtype} "
               f"{tuple(batch.mask.shape)}")
@@ -63,5 +63,3 @@ def check_batch(batch: CellBatch, config: ModelConfig) -> None:
         if vlo < 0 or vhi >= config.n_bins:
             _fail(f"binned values must lie in [0, n_bins={config.n_bins}), got [{vlo}, {vhi}]; set "
                   "ModelConfig.n_bins to the tokenizer's number of bins")
-    elif config.value_encoding == "rank" and int(values.min()) < 0:
-        _fail(f"rank values must be >= 0, got {int(values.min())}")

@@ -128,7 +128,8 @@ class LoadedRun:
     config
         The run's resolved :class:`TrainConfig` (``config.model`` is the architecture).
     vocab
-        The gene vocabulary JSON stored with the run (parsed), or None.
+        The gene vocabulary stored with the run: a ``sigcell.data.GeneVocab`` when the file is one,
+        else the parsed JSON; None if the run had none (synthetic data).
     step
         Optimizer steps the weights were trained for.
     path
@@ -170,5 +171,14 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     model = MaskedExpressionModel(config.model)
     model.load_state_dict(weights)
     model.to(device).eval()
-    vocab = json.loads((ckpt / VOCAB).read_text()) if (ckpt / VOCAB).is_file() else None
+    vocab = _read_vocab(ckpt / VOCAB) if (ckpt / VOCAB).is_file() else None
     return LoadedRun(model=model, config=config, vocab=vocab, step=int(state["step"]), path=ckpt)
+
+
+def _read_vocab(path: Path) -> Any:
+    from sigcell.data.vocab import GeneVocab
+
+    try:
+        return GeneVocab.load(path)
+    except (ValueError, KeyError, TypeError):
+        return json.loads(path.read_text())  # a vocabulary file of another format, passed with --vocab

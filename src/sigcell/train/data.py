@@ -30,7 +30,8 @@ class TrainData:
     train
         Endless iterator of this rank's micro-batches, with ``state_dict`` / ``load_state_dict``.
     val_source
-        ``fn(n) -> list[CellBatch]``: the same ``n`` held-out micro-batches of this rank at every call.
+        ``fn(n) -> list[(index, CellBatch)]``: this rank's share (``index % world == rank``) of the same
+        ``n`` held-out micro-batches at every call; ``index`` seeds the masking.
     vocab_path
         Gene vocabulary file copied into checkpoints, or None.
     """
@@ -40,7 +41,7 @@ class TrainData:
     vocab_path: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
-    def val_batches(self, n: int) -> list[CellBatch]:
+    def val_batches(self, n: int) -> list[tuple[int, CellBatch]]:
         return self.val_source(n)
 
     def state_dict(self) -> dict[str, Any]:
@@ -71,6 +72,6 @@ def synthetic_data(config: TrainConfig, dist: DistInfo) -> TrainData:
     loader = SyntheticLoader(train_cells, d.batch_size, packed, dist.rank, dist.world_size)
     # Held-out cells: the same gene programs, batches drawn far beyond any training index.
     val_offset = 1 << 40
-    val = lambda n: [train_cells.batch(val_offset + i * dist.world_size + dist.rank, d.batch_size, packed)
-                     for i in range(n)]
+    val = lambda n: [(i, train_cells.batch(val_offset + i, d.batch_size, packed))
+                     for i in range(dist.rank, n, dist.world_size)]
     return TrainData(train=loader, val_source=val, vocab_path=d.vocab, info={"source": "synthetic"})

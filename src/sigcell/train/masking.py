@@ -25,8 +25,8 @@ def mask_batch(
 
     * ``"continuous"`` / ``"binned"``: the masked values are set to 0 in the inputs (the model also
       swaps in a learned mask embedding); ``targets`` holds the true values.
-    * ``"rank"``: the masked gene ids are replaced by ``<mask>`` (id 2), ranks kept; ``targets`` holds the
-      true gene ids (masked gene-identity prediction, as Geneformer).
+    * ``"rank"``: the masked gene ids are replaced by ``<mask>`` (id 2) and their scores by 0, positions
+      (= ranks) kept; ``targets`` holds the true gene ids (masked gene-identity prediction, as Geneformer).
 
     Parameters
     ----------
@@ -73,7 +73,8 @@ def mask_batch(
     mask = pack_padded(padded_mask, batch.cu_seqlens) if batch.packed else padded_mask
     if value_encoding == "rank":
         targets = ids.clone()
-        new_ids, new_values = torch.where(mask, MASK_ID, ids), batch.values
+        new_ids = torch.where(mask, MASK_ID, ids)
+        new_values = torch.where(mask, torch.zeros_like(batch.values), batch.values)
     else:
         targets = batch.values.clone()
         new_ids, new_values = ids, torch.where(mask, torch.zeros_like(batch.values), batch.values)

@@ -45,7 +45,7 @@ class SyntheticCells:
         Token ids incl. the 3 specials; genes are ids ``3 .. vocab_size - 1``.
     value_encoding
         ``"continuous"`` (float log-levels), ``"binned"`` (int bins ``1 .. n_bins - 1``) or ``"rank"``
-        (int rank of the gene inside the cell, 0 = highest).
+        (genes sorted by descending level, float levels as values, as ``sigcell.data`` tokenizes).
     """
 
     vocab_size: int
@@ -76,9 +76,12 @@ class SyntheticCells:
         for n, t in zip(lengths.tolist(), types.tolist(), strict=True):
             keys = torch.rand(self._weights.shape[1], generator=g).pow(1.0 / self._weights[t])
             genes = keys.topk(n).indices  # weighted sampling without replacement
-            level = self._levels[t, genes] + 0.3 * torch.randn(n, generator=g)
+            level = (self._levels[t, genes] + 0.3 * torch.randn(n, generator=g)).clamp(min=0.0)
+            if self.value_encoding == "rank":
+                order = level.argsort(descending=True)
+                genes, level = genes[order], level[order]
             ids_list.append(torch.cat([torch.tensor([CLS_ID]), genes + N_SPECIAL_TOKENS]))
-            val_list.append(self._encode(level.clamp(min=0.0)))
+            val_list.append(self._encode(level))
         seq_lens = (lengths + 1).to(torch.int32)
         if packed:
             return CellBatch(gene_ids=torch.cat(ids_list), values=torch.cat(val_list),
@@ -92,14 +95,10 @@ class SyntheticCells:
 
     def _encode(self, level: torch.Tensor) -> torch.Tensor:
         """Values of one cell with ``<cls>`` (value 0) prepended."""
-        if self.value_encoding == "continuous":
-            return torch.cat([torch.zeros(1), level.float()])
         if self.value_encoding == "binned":
             bins = 1 + (level / 4.0 * (self.n_bins - 1)).long().clamp(0, self.n_bins - 2)
             return torch.cat([torch.zeros(1, dtype=torch.int64), bins])
-        ranks = torch.empty_like(level, dtype=torch.int64)
-        ranks[level.argsort(descending=True)] = torch.arange(level.numel())
-        return torch.cat([torch.zeros(1, dtype=torch.int64), ranks])
+        return torch.cat([torch.zeros(1), level.float()])  # continuous, and the scores of rank
 
 
 class SyntheticLoader:

@@ -156,7 +156,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _masked(self, batch: CellBatch, *keys: int) -> CellBatch:
-        gen = torch.Generator().manual_seed(mix_seed(self.config.seed, *keys, self.dist.rank))
+        gen = torch.Generator().manual_seed(mix_seed(self.config.seed, *keys))
         masked = mask_batch(batch, self.config.data.mask_fraction, self.config.model.value_encoding, gen)
         check_batch(masked, self.config.model)  # value ranges, while the batch is still on the CPU
         return masked
@@ -176,7 +176,11 @@ class Trainer:
         cfg, step = self.config, self.step
         start = time.perf_counter()
         record = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
-        micro = [self._masked(next(self.data.train), step, i) for i in range(cfg.grad_accum)]
+        # Masks are keyed by the global micro-batch index, so N ranks x accumulation A see the same masks
+        # as one rank with accumulation N * A.
+        world, rank = self.dist.world_size, self.dist.rank
+        micro = [self._masked(next(self.data.train), (step * cfg.grad_accum + i) * world + rank)
+                 for i in range(cfg.grad_accum)]
         local = torch.tensor([[float(b.mask.sum()), float(_tokens(b)), float(b.num_cells)] for b in micro],
                              dtype=torch.float64).sum(0)
         n_masked, n_tokens, n_cells = parallel.all_reduce_sum(local.to(self.device)).tolist()
@@ -247,11 +251,11 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean masked-token loss over ``val_batches`` fixed held-out micro-batches per rank."""
+        """Mean masked-token loss over ``val_batches`` fixed held-out micro-batches (split over the ranks)."""
         self.wrapped.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for i, raw in enumerate(self.data.val_batches(self.config.val_batches)):
-            batch = self._masked(raw, 1 << 40, i).to(self.device)
+        for index, raw in self.data.val_batches(self.config.val_batches):
+            batch = self._masked(raw, 1 << 40, index).to(self.device)
             with self.autocast:
                 out = self.wrapped(batch)
             total += torch.stack([out.loss_sum.double(), out.n_masked.double()])
