@@ -114,6 +114,7 @@ def _common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid) -> dict:
         "STORE_ALL_ROWS": not varlen,
         "FAST_SIGMOID": fast_sigmoid and not _interpreting(),
         "DOT_PRECISION": _dot_precision(q.dtype),
+        "EMULATE_BF16": _interpreting() and q.dtype == torch.bfloat16,
     }
 
 

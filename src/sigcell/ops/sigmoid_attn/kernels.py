@@ -32,12 +32,36 @@ def _sigmoid(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def _dot(a, b, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    # EMULATE_BF16 (Triton interpreter only): the interpreter stores bfloat16 as raw uint16 and cannot
+    # multiply it, so bfloat16 operands are multiplied as the (exactly representable) float32 values.
+    if EMULATE_BF16:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _round(x, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """Cast a float32 block to ``dtype``; round-to-nearest-even as on the GPU."""
+    if EMULATE_BF16 and dtype == tl.bfloat16:
+        # The interpreter's float32 -> bfloat16 conversion truncates (and mis-rounds mantissa carries):
+        # round in the integer domain so that the cast below only drops zero bits.
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True).to(dtype)
+    else:
+        return x.to(dtype)
+
+
+@triton.jit
 def _logits(
     b_q, b_k, o_m, o_n, len_q, len_k, shift, scale, bias, slope, KEY_BIAS, key_bias_offset, stride_kbt,
     CAUSAL: tl.constexpr, HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
 ):
     """Logits ``[BM, BN]`` of one block and its validity mask."""
-    b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * scale + bias
+    b_s = _dot(b_q, tl.trans(b_k), DOT_PRECISION, EMULATE_BF16) * scale + bias
     m_col = o_n < len_k
     if HAS_KEY_BIAS:
         b_kb = tl.load(KEY_BIAS + key_bias_offset + o_n * stride_kbt, mask=m_col, other=0.0)
@@ -73,6 +97,7 @@ def sigmoid_attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
     STORE_ALL_ROWS: tl.constexpr, FAST_SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
 ):
     i_bh, i_m = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -104,13 +129,13 @@ def sigmoid_attn_fwd_kernel(
         b_v = tl.load(v_base + o_n[:, None] * stride_vt + o_d[None, :] * stride_vd, mask=m_kd, other=0.0)
         b_s, m_valid = _logits(
             b_q, b_k, o_m, o_n, len_q, len_k, shift, scale, bias, slope, KEY_BIAS, kb_offset, stride_kbt,
-            CAUSAL, HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION,
+            CAUSAL, HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION, EMULATE_BF16,
         )
         b_p = tl.where(m_valid, _sigmoid(b_s, FAST_SIGMOID), 0.0)  # [BM, BN]
-        b_acc += tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
+        b_acc += _dot(_round(b_p, b_v.dtype, EMULATE_BF16), b_v, DOT_PRECISION, EMULATE_BF16)
 
     p_o = O + i_b * stride_ob + i_h * stride_oh + (start_q + o_m)[:, None] * stride_ot + o_d[None, :] * stride_od
-    tl.store(p_o, b_acc.to(O.dtype.element_ty), mask=(o_m < store_rows)[:, None] & m_d[None, :])
+    tl.store(p_o, _round(b_acc, O.dtype.element_ty, EMULATE_BF16), mask=(o_m < store_rows)[:, None] & m_d[None, :])
 
 
 @triton.jit
@@ -128,6 +153,7 @@ def sigmoid_attn_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
     STORE_ALL_ROWS: tl.constexpr, FAST_SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
 ):
     """One program per (sequence, KV head, key block): dK, dV and the per-key sum of dS for its group.
 
@@ -173,20 +199,20 @@ def sigmoid_attn_bwd_dkdv_kernel(
             b_do = tl.load(do_base + o_m[:, None] * stride_dot + o_d[None, :] * stride_dod, mask=m_qd, other=0.0)
             b_s, m_valid = _logits(
                 b_q, b_k, o_m, o_n, len_q, len_k, shift, scale, bias, slope, KEY_BIAS, kb_offset, stride_kbt,
-                CAUSAL, HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION,
+                CAUSAL, HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION, EMULATE_BF16,
             )
             b_p = tl.where(m_valid, _sigmoid(b_s, FAST_SIGMOID), 0.0)  # [BM, BN]
-            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PRECISION)  # [BM, BN]
+            b_dp = _dot(b_do, tl.trans(b_v), DOT_PRECISION, EMULATE_BF16)  # [BM, BN]
             b_ds = b_dp * b_p * (1.0 - b_p)
-            b_dv += tl.dot(tl.trans(b_p.to(b_do.dtype)), b_do, input_precision=DOT_PRECISION)
-            b_dk += tl.dot(tl.trans(b_ds.to(b_q.dtype)), b_q, input_precision=DOT_PRECISION)
+            b_dv += _dot(tl.trans(_round(b_p, b_do.dtype, EMULATE_BF16)), b_do, DOT_PRECISION, EMULATE_BF16)
+            b_dk += _dot(tl.trans(_round(b_ds, b_q.dtype, EMULATE_BF16)), b_q, DOT_PRECISION, EMULATE_BF16)
             b_dkb += tl.sum(b_ds, axis=0)
 
     m_store = (o_n < store_rows)[:, None] & m_d[None, :]
     p_dk = DK + i_b * stride_dkb + i_hk * stride_dkh + (start_k + o_n)[:, None] * stride_dkt + o_d[None, :] * stride_dkd
     p_dv = DV + i_b * stride_dvb + i_hk * stride_dvh + (start_k + o_n)[:, None] * stride_dvt + o_d[None, :] * stride_dvd
-    tl.store(p_dk, (b_dk * scale).to(DK.dtype.element_ty), mask=m_store)
-    tl.store(p_dv, b_dv.to(DV.dtype.element_ty), mask=m_store)
+    tl.store(p_dk, _round(b_dk * scale, DK.dtype.element_ty, EMULATE_BF16), mask=m_store)
+    tl.store(p_dv, _round(b_dv, DV.dtype.element_ty, EMULATE_BF16), mask=m_store)
     if HAS_KEY_BIAS:
         p_dkb = DKB + i_hk * stride_dkbh + i_b * stride_dkbb + (start_k + o_n) * stride_dkbt
         tl.store(p_dkb, b_dkb, mask=o_n < store_rows)
@@ -205,6 +231,7 @@ def sigmoid_attn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
     STORE_ALL_ROWS: tl.constexpr, FAST_SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
 ):
     """One program per (sequence, head, query block): dQ and the block's sum of dS (for d bias)."""
     i_bh, i_m = tl.program_id(0), tl.program_id(1)
@@ -241,14 +268,14 @@ def sigmoid_attn_bwd_dq_kernel(
         b_v = tl.load(v_base + o_n[:, None] * stride_vt + o_d[None, :] * stride_vd, mask=m_kd, other=0.0)
         b_s, m_valid = _logits(
             b_q, b_k, o_m, o_n, len_q, len_k, shift, scale, bias, slope, KEY_BIAS, kb_offset, stride_kbt,
-            CAUSAL, HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION,
+            CAUSAL, HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION, EMULATE_BF16,
         )
         b_p = tl.where(m_valid, _sigmoid(b_s, FAST_SIGMOID), 0.0)
-        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PRECISION)
+        b_dp = _dot(b_do, tl.trans(b_v), DOT_PRECISION, EMULATE_BF16)
         b_ds = b_dp * b_p * (1.0 - b_p)  # [BM, BN]
-        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=DOT_PRECISION)
+        b_dq += _dot(_round(b_ds, b_k.dtype, EMULATE_BF16), b_k, DOT_PRECISION, EMULATE_BF16)
         b_dbias += tl.sum(b_ds, axis=1)
 
     p_dq = DQ + i_b * stride_dqb + i_h * stride_dqh + (start_q + o_m)[:, None] * stride_dqt + o_d[None, :] * stride_dqd
-    tl.store(p_dq, (b_dq * scale).to(DQ.dtype.element_ty), mask=(o_m < store_rows)[:, None] & m_d[None, :])
+    tl.store(p_dq, _round(b_dq * scale, DQ.dtype.element_ty, EMULATE_BF16), mask=(o_m < store_rows)[:, None] & m_d[None, :])
     tl.store(DBIAS + i_bh * num_m_blocks + i_m, tl.sum(b_dbias, axis=0))

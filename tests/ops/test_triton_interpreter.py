@@ -1,0 +1,116 @@
+"""The real Triton kernels, run on the CPU under the Triton interpreter, against the float64 reference.
+
+Outputs are poisoned (NaN) before every launch, so an element the kernels do not write shows up as
+non-finite. Skipped when CUDA is present (tests/ops/test_gpu.py covers the kernels there).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+import torch
+
+from sigcell.ops.sigmoid_attn import interface
+from tests.ops.cases import TOLERANCE, compare, make_case, rel_err, run
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="Triton interpreter tests run only without CUDA"
+)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _triton(case, dtype):
+    with interface.triton_on_cpu(), interface.poison_outputs():
+        return run(case, dtype)
+
+
+def _check(case, dtype):
+    got = _triton(case, dtype)
+    ref = run(case, torch.float64)
+    oracle = run(case, dtype) if dtype != torch.float32 else None
+    problems = compare(case, got, ref, TOLERANCE[dtype], oracle)
+    assert not problems, problems
+
+
+GRID = list(itertools.product(DTYPES, [False, True], ["padded", "varlen"], [(4, 4), (4, 1)], [16, 40]))
+
+
+@pytest.mark.parametrize(("dtype", "causal", "layout", "heads", "dim"), GRID)
+def test_kernels_match_reference(dtype, causal, layout, heads, dim):
+    index = GRID.index((dtype, causal, layout, heads, dim))
+    case = make_case(
+        1000 + index,
+        layout=layout,
+        heads=heads[0],
+        kv_heads=heads[1],
+        dim=dim,
+        causal=causal,
+        bias_mode=("none", "float", "tensor")[index % 3],
+        key_bias=index % 2 == 0,
+        alibi=index % 4 == 1,
+        lq=29 if causal else 37,
+        lk=37 if causal else 34,
+    )
+    _check(case, DTYPES[dtype])
+
+
+@pytest.mark.parametrize("dim", [8, 80, 96, 160, 192, 256])
+def test_odd_and_large_head_dims(dim):
+    case = make_case(2000 + dim, dim=dim, heads=2, kv_heads=1, lq=21, bias_mode="tensor")
+    _check(case, torch.float32)
+
+
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_length_one_and_empty_sequences(layout, causal):
+    case = make_case(3000 + causal, layout=layout, lq=5, lk=5, lens_q=[1, 0, 5, 0], lens_k=[1, 0, 0, 5],
+                     causal=causal)
+    _check(case, torch.float16)
+
+
+def test_all_padding_batch():
+    case = make_case(3100, lq=7, lens_q=[0, 0], lens_k=[0, 0])
+    got = _triton(case, torch.float32)
+    assert got[0].abs().max().item() == 0.0
+    for grad in got[1]:
+        if grad is not None:
+            assert torch.isfinite(grad).all() and grad.abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("logit_scale", [1e4, -1e4])
+def test_extreme_logits_stay_finite(logit_scale):
+    """Scores of about +-1e4: no NaN / Inf; outputs and dV match. dS = dP * p * (1 - p) is 0 in float32
+    wherever |s| > ~17 while float64 keeps terms down to e^-36, so the logit gradients are compared
+    in absolute terms."""
+    case = make_case(3200, lq=19, logit_scale=logit_scale, key_bias=True, causal=True)
+    out, grads = _triton(case, torch.float32)
+    ref_out, ref_grads = run(case, torch.float64)
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(g).all() for g in grads if g is not None)
+    assert rel_err(out, ref_out) < 1e-4
+    assert rel_err(grads[2], ref_grads[2]) < 1e-4  # dv
+    for got, ref in zip(grads, ref_grads, strict=True):
+        if ref is not None:
+            assert (got - ref).norm().item() <= 1e-3 * ref.norm().item() + 1e-4
+
+
+def test_non_contiguous_inputs():
+    case = make_case(3300, dim=32, lq=23)
+    # A view with every stride non-standard: heads and sequence swapped in memory, every other element.
+    case.q = case.q.transpose(1, 2).contiguous().transpose(1, 2)
+    case.k = torch.cat([case.k, case.k], dim=-1)[..., ::2]
+    case.v = case.v.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not case.q.is_contiguous() and not case.k.is_contiguous()
+    _check(case, torch.float32)
+
+
+def test_backward_is_deterministic():
+    case = make_case(3400, lq=33, heads=4, kv_heads=1, bias_mode="tensor", causal=True)
+    first = _triton(case, torch.float32)
+    second = _triton(case, torch.float32)
+    for a, b in zip(first[1], second[1], strict=True):
+        if a is not None:
+            assert torch.equal(a, b)
