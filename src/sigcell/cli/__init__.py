@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # One module per area; each defines ``register(subparsers) -> None``.
-COMMAND_MODULES: tuple[str, ...] = ("sigcell.cli.train",)
+COMMAND_MODULES: tuple[str, ...] = ("sigcell.cli.bench", "sigcell.cli.train", "sigcell.cli.data")
 
 
 class CliError(Exception):

@@ -118,14 +118,11 @@ def detect_values(x, *, where: str = "X") -> ValuesInfo:
     vmax = float(data.max()) if data.size else 0.0
     if np.array_equal(data, np.round(data)):
         kind = "counts"
+    elif vmax >= _LOG_MAX:
+        kind = "normalized"
     else:
         back = np.expm1(data.astype(np.float64))
-        if vmax < _LOG_MAX and np.allclose(back, np.round(back), rtol=0, atol=1e-3):
-            kind = "log1p-counts"
-        elif vmax < _LOG_MAX:
-            kind = "log-normalized"
-        else:
-            kind = "normalized"
+        kind = "log1p-counts" if np.allclose(back, np.round(back), rtol=0, atol=1e-3) else "log-normalized"
     return ValuesInfo(kind, vmax, int(data.size))
 
 
@@ -255,7 +252,7 @@ def check_adata(
     if not (sp.issparse(x) or isinstance(x, np.ndarray)):
         x = np.asarray(x)  # h5py datasets, dask arrays: load this one matrix
     info = detect_values(x, where=where)
-    csr = sp.csr_matrix(x, dtype=np.float32)
+    csr = sp.csr_matrix(x, dtype=np.float32, copy=True)  # never modify the caller's matrix
     csr.eliminate_zeros()
     csr.sort_indices()
     out = ad.AnnData(X=csr, obs=adata.obs.copy())

@@ -264,9 +264,17 @@ class TokenizedCells:
         return self.cell_index[np.asarray(idx, dtype=np.int64)]
 
 
+def _row_order(rows: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Permutation sorting by ``(rows, key)``, ties keeping input order (np.lexsort is far slower)."""
+    n = key.size
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(key, kind="stable")] = np.arange(n)
+    return np.argsort(rows.astype(np.int64) * n + rank)  # unique keys: any sort is stable
+
+
 def _bins_from_ranks(rows: np.ndarray, norm: np.ndarray, n_per_row: np.ndarray, n_bins: int) -> np.ndarray:
     """Per-cell quantile bins (see module docstring) of entries grouped by ``rows``; int16."""
-    order = np.lexsort((norm, rows))
+    order = _row_order(rows, norm)
     r_sorted, v_sorted = rows[order], norm[order]
     total = order.size
     starts = np.concatenate([[0], np.cumsum(n_per_row)])[r_sorted]
@@ -291,7 +299,8 @@ def _tokenize_block(
     cell_keys: np.ndarray | None,
     config: TokenizerConfig,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Tokenize CSR rows whose columns are the vocabulary genes ``token_ids``.
+    """Tokenize CSR rows whose columns are the vocabulary genes ``token_ids`` (ascending, so that
+    each row's entries are in token-id order and stable sorts break ties by token id).
 
     ``medians`` is indexed by token id. Returns ``(gene_ids int32, values, n_genes int64, n_truncated)``.
     """
@@ -314,14 +323,16 @@ def _tokenize_block(
         if config.truncation == "sample":
             u = _uniform_hash(config.seed, cell_keys[rows], ids)
             prio = np.log(u) / score  # Efraimidis-Spirakis: the k largest keys are a weighted draw
-        order = np.lexsort((ids, -prio, rows))
+        order = _row_order(rows, -prio)
         pos = np.arange(order.size) - np.concatenate([[0], np.cumsum(n_per_row)])[rows[order]]
         keep = np.sort(order[pos < config.max_genes])
         rows, ids, score, values = rows[keep], ids[keep], score[keep], values[keep]
         n_per_row = np.minimum(n_per_row, config.max_genes)
 
-    order = np.lexsort((ids, -score, rows)) if config.encoding == "rank" else np.lexsort((ids, rows))
-    return ids[order].astype(np.int32), values[order], n_per_row, n_truncated
+    if config.encoding == "rank":
+        order = _row_order(rows, -score)
+        ids, values = ids[order], values[order]
+    return ids.astype(np.int32), values, n_per_row, n_truncated
 
 
 def tokenize(
@@ -362,9 +373,10 @@ def tokenize(
     if "sigcell_input" not in adata.uns:
         adata = check_adata(adata)
     source = adata.uns["sigcell_input"].get("source", "AnnData")
-    info = detect_values(adata.X, where=source)
+    where = f"{source}: {adata.uns['sigcell_input'].get('matrix', 'X')}"
+    info = detect_values(adata.X, where=where)
     if config.require_counts:
-        require_counts(info, where=source, encoding=config.encoding)
+        require_counts(info, where=where, encoding=config.encoding)
     if empty not in ("error", "drop"):
         msg = f"tokenize: empty must be 'error' or 'drop', got {empty!r}"
         raise ValueError(msg)
@@ -386,8 +398,10 @@ def tokenize(
         )
         raise ValueError(msg)
     known_cols = np.flatnonzero(match.known)
+    known_cols = known_cols[np.argsort(match.ids[known_cols])]  # columns in token-id order
     xk = x[:, known_cols].tocsr()
     xk.eliminate_zeros()
+    xk.sort_indices()
     token_ids = match.ids[known_cols]
     n_expr = np.diff(xk.indptr)
     empty_rows = np.flatnonzero(n_expr == 0)
