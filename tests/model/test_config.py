@@ -1,0 +1,63 @@
+"""ModelConfig validation and the size presets."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from sigcell.model import PRESETS, MaskedExpressionModel, ModelConfig, load_preset, preset_path
+
+BAD = [
+    ({"attention": "linear"}, "attention must be one of ['sigmoid', 'softmax'], got 'linear'"),
+    ({"value_encoding": "log"}, "value_encoding must be one of"),
+    ({"pooling": "max"}, "pooling must be one of ['cls', 'mean']"),
+    ({"sigmoid_bias": "zero"}, "sigmoid_bias must be one of ['neg_log_n', 'learned']"),
+    ({"norm": "batchnorm"}, "norm must be one of"),
+    ({"d_model": 30, "n_heads": 4}, "d_model (30) must be divisible by n_heads (4)"),
+    ({"n_heads": 4, "n_kv_heads": 3}, "must be a multiple of n_kv_heads (3)"),
+    ({"d_model": 0}, "d_model must be an integer >= 1, got 0"),
+    ({"n_layers": 2.5}, "n_layers must be an integer >= 1, got 2.5"),
+    ({"vocab_size": 3}, "vocab_size must be an integer >= 4"),
+    ({"n_bins": 1}, "n_bins must be an integer >= 2"),
+    ({"dropout": 1.0}, "dropout must be a finite number in [0.0, 1.0)"),
+    ({"init_std": 0.0}, "init_std must be a finite number in (0.0, inf)"),
+    ({"sigmoid_bias_init": float("nan")}, "sigmoid_bias_init must be a finite number"),
+    ({"qk_norm": "yes"}, "qk_norm must be true or false, got 'yes'"),
+    ({"d_model": 1024, "n_heads": 2}, "head dim d_model / n_heads = 512 must lie in [1, 256]"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD)
+def test_invalid_values_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ModelConfig(**kwargs)
+
+
+def test_unknown_field_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['d_modle'\]; valid fields are .*'d_model'"):
+        ModelConfig.from_dict({"d_modle": 64})
+
+
+def test_round_trip_through_dict():
+    cfg = ModelConfig(d_model=48, n_heads=3, qk_norm=True, attention="softmax")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(("name", "low", "high"), [
+    ("tiny", 5e4, 2e5), ("small", 8e6, 12e6), ("base", 40e6, 55e6), ("large", 150e6, 180e6)])
+def test_presets_have_the_advertised_sizes(name, low, high):
+    cfg = ModelConfig.from_dict(load_preset(name)["model"])
+    with torch.device("meta"):
+        model = MaskedExpressionModel(cfg)
+    assert low <= model.num_parameters() <= high
+    assert model.num_parameters(embeddings=False) < model.num_parameters()
+
+
+def test_preset_lookup_errors():
+    assert set(PRESETS) == {"tiny", "small", "base", "large"}
+    with pytest.raises(FileNotFoundError, match=r"unknown preset 'huge'; choose one of \['tiny'"):
+        preset_path("huge")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        preset_path("/nonexistent/config.yaml")
