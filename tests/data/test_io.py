@@ -6,8 +6,8 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import random_counts
 
+from conftest import random_counts
 from sigcell.data import check_adata, detect_values, read_h5ad, require_counts
 
 
@@ -62,7 +62,7 @@ def test_detect_values_kinds(rng):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.h5ad: no such file"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.h5ad: no such file"):
         read_h5ad(tmp_path / "nope.h5ad")
 
 
@@ -77,7 +77,11 @@ def test_truncated_file(tmp_path, rng):
 
 @pytest.mark.parametrize(
     ("bad", "pattern"),
-    [(np.nan, r"holds 3 NaN and 0 infinite"), (np.inf, r"holds 0 NaN and 3 infinite"), (-2.0, r"holds 3 negative")],
+    [
+        (np.nan, r"holds 3 NaN and 0 infinite"),
+        (np.inf, r"holds 0 NaN and 3 infinite"),
+        (-2.0, r"holds 3 negative"),
+    ],
 )
 def test_bad_values(tmp_path, rng, bad, pattern):
     adata = random_counts(rng, dense=True)

@@ -6,8 +6,8 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import random_counts
 
+from conftest import random_counts
 from sigcell.data import (
     CLS_ID,
     FIRST_GENE_ID,
@@ -44,7 +44,7 @@ def test_special_ids_and_vocab(tmp_path):
     v2 = vocab.with_medians([1.5, 2.0, 1e-3])
     assert GeneVocab.load(v2.save(tmp_path / "vocab.json")) == v2
     (tmp_path / "bad.json").write_text('{"format": "something"}')
-    with pytest.raises(ValueError, match="bad.json: not a sigcell gene vocabulary"):
+    with pytest.raises(ValueError, match=r"bad\.json: not a sigcell gene vocabulary"):
         GeneVocab.load(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="1 duplicate gene ids"):
         GeneVocab(["A", "B", "A"])
@@ -122,7 +122,9 @@ def test_sample_truncation_is_seeded_weighted_and_order_free(rng):
     a = _adata(x.tolist(), [f"g{j:02d}" for j in range(n_genes)], [f"cell{i}" for i in range(n_cells)])
     vocab = GeneVocab.from_adata(a)
     heavy_id = int(vocab.encode([a.var_names[heavy]])[0])
-    cfg = TokenizerConfig(encoding="binned", max_genes=k, truncation="sample", seed=int(rng.integers(1 << 30)))
+    cfg = TokenizerConfig(
+        encoding="binned", max_genes=k, truncation="sample", seed=int(rng.integers(1 << 30))
+    )
     tc = tokenize(a, vocab, cfg)
     assert tc.stats["n_truncated"] == n_cells and (tc.n_genes == k).all()
     kept_heavy = sum(heavy_id in tc[i][0] for i in range(n_cells))
@@ -155,7 +157,9 @@ def test_empty_cells(rng):
     a = random_counts(rng, 12, 10, dense=True)
     a.X[[3, 7]] = 0
     vocab = GeneVocab.from_genes(a.var_names)
-    with pytest.raises(ValueError, match=r"e.h5ad: 2 of 12 cells have no nonzero vocabulary gene.*--drop-empty"):
+    with pytest.raises(
+        ValueError, match=r"e.h5ad: 2 of 12 cells have no nonzero vocabulary gene.*--drop-empty"
+    ):
         tokenize(check_adata(a, source="e.h5ad"), vocab, TokenizerConfig(encoding="binned"))
     tc = tokenize(a, vocab, TokenizerConfig(encoding="binned"), empty="drop")
     assert tc.cell_index.tolist() == [i for i in range(12) if i not in (3, 7)]

@@ -111,7 +111,8 @@ class _Writer:
         name = f"shard-{len(self.shards):05d}"
         self._ids = open(self.root / "tokens" / f"{name}.gene_ids.bin", "wb")  # noqa: SIM115
         self._vals = open(self.root / "tokens" / f"{name}.values.bin", "wb")  # noqa: SIM115
-        self.shards.append({"name": name, "token_start": self.n_tokens, "n_tokens": 0, "n_cells": 0})
+        start = self.shards[-1]["token_start"] + self.shards[-1]["n_tokens"] if self.shards else 0
+        self.shards.append({"name": name, "token_start": start, "n_tokens": 0, "n_cells": 0})
 
     def _close_shard(self) -> None:
         for f in (self._ids, self._vals):

@@ -110,7 +110,7 @@ def read_pbmc68k(wheel: Path, files: tuple[str, ...]):
     import anndata as ad
 
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # the 2020 file stores graphs the old way
+        warnings.simplefilter("ignore")  # the 2020 file uses an old AnnData layout; we read only raw + obs
         path = Path(tmp) / "pbmc68k_reduced.h5ad"
         path.write_bytes(_member(wheel, files[0]))
         src = ad.read_h5ad(path)
