@@ -164,7 +164,8 @@ def test_padding_width_and_content_do_not_change_outputs():
     wide_ids[~valid] = torch.randint(3, cfg.vocab_size, (int((~valid).sum()),))  # garbage in the padding
     wide = type(batch)(gene_ids=wide_ids, values=wide_vals, seq_lens=batch.seq_lens)
     for pooling in ("cls", "mean"):
-        torch.testing.assert_close(model.embed(wide, pooling), model.embed(batch, pooling), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.embed(wide, pooling), model.embed(batch, pooling),
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_pooling_definitions():
@@ -213,7 +214,8 @@ def test_batch_checks_name_the_problem():
     float_vals = type(batch)(gene_ids=batch.gene_ids, values=batch.values.float(), seq_lens=batch.seq_lens)
     with pytest.raises(ValueError, match="'binned' needs int64 bins"):
         model(float_vals)
-    high_bins = type(batch)(gene_ids=batch.gene_ids, values=batch.values + cfg.n_bins, seq_lens=batch.seq_lens)
+    high_bins = type(batch)(gene_ids=batch.gene_ids, values=batch.values + cfg.n_bins,
+                            seq_lens=batch.seq_lens)
     with pytest.raises(ValueError, match=r"binned values must lie in \[0, n_bins=7\)"):
         model(high_bins)
     lens64 = type(batch)(gene_ids=batch.gene_ids, values=batch.values, seq_lens=batch.seq_lens.long())

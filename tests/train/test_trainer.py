@@ -126,8 +126,8 @@ def test_logs_config_and_checkpoint_contents(tmp_path):
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3, 4]
     needed = {"loss", "lr", "grad_norm", "grad_norm/embed", "grad_norm/layer0", "grad_norm/layer1",
-              "grad_norm/head", "attn/layer0/logit_max", "attn/layer1/row_mass", "tokens_per_s", "cells_per_s",
-              "peak_mem_mb", "step_time_s", "masked_tokens"}
+              "grad_norm/head", "attn/layer0/logit_max", "attn/layer1/row_mass", "tokens_per_s",
+              "cells_per_s", "peak_mem_mb", "step_time_s", "masked_tokens"}
     assert needed <= set(train[0])
     layer_sq = sum(train[0][f"grad_norm/{k}"] ** 2 for k in ("embed", "layer0", "layer1", "head"))
     assert math.sqrt(layer_sq) == pytest.approx(train[0]["grad_norm"], rel=1e-4)
@@ -155,9 +155,9 @@ def test_vocab_file_travels_with_the_checkpoint(tmp_path):
 
 def test_refuses_to_overwrite_a_run_and_to_resume_another_model(tmp_path):
     pretrain(tiny_config(tmp_path, steps=2))
-    with pytest.raises(FileExistsError, match="already holds a run.*pass --resume"):
+    with pytest.raises(FileExistsError, match=r"already holds a run.*pass --resume"):
         Trainer(tiny_config(tmp_path, steps=2))
-    with pytest.raises(ValueError, match="its model config differs.*'d_model': \\(32, 64\\)"):
+    with pytest.raises(ValueError, match=r"its model config differs.*'d_model': \(32, 64\)"):
         Trainer(tiny_config(tmp_path, steps=4, model__d_model=64), resume=True)
     with pytest.raises(FileNotFoundError, match="no checkpoint found under"):
         load_checkpoint(tmp_path / "nothing")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-tensorboard", action="store_true", help="JSONL metrics only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any field, e.g. --set model.qk_norm=true --set optim.weight_decay=0.1")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and parameter counts, exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and parameter counts, then exit")
     p.set_defaults(func=run_pretrain)
 
     q = subparsers.add_parser("presets", help="list the model size presets with parameter counts")
@@ -133,7 +135,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if result.status == "nonfinite":
         print(f"sigcell pretrain: {result.message}", file=sys.stderr)
         return 3
-    print(f"sigcell pretrain: {result.status} at step {result.step}; checkpoint {result.checkpoint}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"sigcell pretrain: {result.status} at step {result.step}; checkpoint {result.checkpoint}")
     return 0
 
 
@@ -141,7 +144,8 @@ def run_presets(args: argparse.Namespace) -> int:
     from sigcell.model import PRESETS, MaskedExpressionModel
     from sigcell.train import TrainConfig
 
-    print(f"{'preset':8} {'d_model':>7} {'layers':>6} {'heads':>5} {'vocab':>7} {'params':>13} {'w/o genes':>13}")
+    print(f"{'preset':8} {'d_model':>7} {'layers':>6} {'heads':>5} {'vocab':>7} {'params':>13} "
+          f"{'w/o genes':>13}")
     for name in PRESETS:
         cfg = TrainConfig.from_preset(name).model
         with _meta_device():

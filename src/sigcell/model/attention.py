@@ -189,7 +189,8 @@ class Attention(nn.Module):
         if self.kind == "sigmoid":
             p = torch.where(pair, torch.sigmoid(s), 0.0)
         else:
-            p = torch.where(pair, torch.softmax(s.masked_fill(~valid[:, None, None, :], float("-inf")), -1), 0.0)
+            s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+            p = torch.where(pair, torch.softmax(s, -1), 0.0)
         group = self.n_heads // self.n_kv_heads
         vr = v.repeat_interleave(group, dim=2) if group > 1 else v
         out = torch.einsum("bhqk,bkhd->bqhd", p, vr.float()).to(q.dtype)

@@ -137,14 +137,15 @@ class CellEncoder(nn.Module):
         self.gene_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.value_encoder = ValueEncoder(config)
         # One additive key logit per (gene, layer), zero at init so the option starts as a no-op.
-        self.gene_key_bias = nn.Embedding(config.vocab_size, config.n_layers) if config.gene_key_bias else None
+        self.gene_key_bias = (nn.Embedding(config.vocab_size, config.n_layers) if config.gene_key_bias
+                              else None)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = make_norm(config.norm, config.d_model, config.norm_eps)
         self.drop = nn.Dropout(config.dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) weights, zero biases; residual output projections scaled by 1/sqrt(2 n_layers)."""
+        """Normal(0, init_std) weights, zero biases; residual output projections get 1/sqrt(2 n_layers)."""
         std = self.config.init_std
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -254,7 +255,8 @@ class CellEncoder(nn.Module):
 
     def attention_stats(self) -> dict[str, float]:
         """The statistics recorded by the last forward, as ``{"layer{i}/{name}": value}``."""
-        recorded = [(i, b.attn.last_stats) for i, b in enumerate(self.blocks) if b.attn.last_stats is not None]
+        recorded = [(i, b.attn.last_stats) for i, b in enumerate(self.blocks)
+                    if b.attn.last_stats is not None]
         if not recorded:
             return {}
         values = torch.stack([s for _, s in recorded]).cpu().tolist()

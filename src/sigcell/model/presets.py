@@ -1,4 +1,4 @@
-"""Named size presets: ``configs/{tiny,small,base,large}.yaml`` (sections ``model``, ``data``, ``optim``, ...)."""
+"""Named size presets: ``configs/{tiny,small,base,large}.yaml`` (sections model, data, optim, ...)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def preset_path(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            msg = f"config file {str(path)!r} does not exist; pass a preset name {list(PRESETS)} or a YAML path"
+            msg = (f"config file {str(path)!r} does not exist; pass a preset name {list(PRESETS)} "
+                   "or a YAML path")
             raise FileNotFoundError(msg)
         return path
     for folder in _config_dirs():

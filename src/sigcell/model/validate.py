@@ -27,7 +27,8 @@ def check_batch(batch: CellBatch, config: ModelConfig) -> None:
     if ids.dtype != torch.int64:
         _fail(f"CellBatch.gene_ids must be int64, got {ids.dtype}; convert with .long()")
     if values.shape != ids.shape:
-        _fail(f"CellBatch.values must have the shape of gene_ids {tuple(ids.shape)}, got {tuple(values.shape)}")
+        _fail(f"CellBatch.values must have the shape of gene_ids {tuple(ids.shape)}, "
+              f"got {tuple(values.shape)}")
     if config.value_encoding == "continuous" and not values.is_floating_point():
         _fail(f"value_encoding 'continuous' needs float values, got {values.dtype}; the batch looks "
               "binned or ranked: set ModelConfig.value_encoding to match the tokenizer")
@@ -40,11 +41,13 @@ def check_batch(batch: CellBatch, config: ModelConfig) -> None:
     if batch.packed:
         cu = batch.cu_seqlens
         if cu.dtype != torch.int32 or cu.dim() != 1:
-            _fail(f"CellBatch.cu_seqlens must be a 1-D int32 tensor [B + 1], got {cu.dtype} {tuple(cu.shape)}")
+            _fail(f"CellBatch.cu_seqlens must be a 1-D int32 tensor [B + 1], "
+                  f"got {cu.dtype} {tuple(cu.shape)}")
     else:
         lens = batch.seq_lens
         if lens.dtype != torch.int32 or tuple(lens.shape) != (ids.shape[0],):
-            _fail(f"CellBatch.seq_lens must be int32 [B] = [{ids.shape[0]}], got {lens.dtype} {tuple(lens.shape)}")
+            _fail(f"CellBatch.seq_lens must be int32 [B] = [{ids.shape[0]}], "
+                  f"got {lens.dtype} {tuple(lens.shape)}")
     if ids.device.type != "cpu" or ids.numel() == 0:
         return
     lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]) if batch.packed else batch.seq_lens

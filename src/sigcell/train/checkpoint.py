@@ -164,7 +164,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """
     ckpt = find_checkpoint(path)
     if ckpt is None:
-        msg = (f"no checkpoint found under {str(path)!r}; expected a run folder written by `sigcell pretrain` "
+        msg = (f"no checkpoint found under {str(path)!r}; expected a run folder written by "
+               "`sigcell pretrain` "
                f"(with checkpoints/step_*/{WEIGHTS})")
         raise FileNotFoundError(msg)
     weights, state, config = read_checkpoint(ckpt)

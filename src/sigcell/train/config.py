@@ -51,10 +51,12 @@ class DataConfig:
         _int("data.synthetic_max_genes", self.synthetic_max_genes)
         _int("data.synthetic_cell_types", self.synthetic_cell_types)
         if self.synthetic_max_genes < self.synthetic_min_genes:
-            _fail(f"data.synthetic_max_genes ({self.synthetic_max_genes}) must be >= data.synthetic_min_genes "
+            _fail(f"data.synthetic_max_genes ({self.synthetic_max_genes}) must be >= "
+                  "data.synthetic_min_genes "
                   f"({self.synthetic_min_genes})")
         if not (isinstance(self.mask_fraction, (int, float)) and 0.0 < self.mask_fraction < 1.0):
-            _fail(f"data.mask_fraction must lie in (0, 1), got {self.mask_fraction!r}; 0.15 is the BERT choice")
+            _fail(f"data.mask_fraction must lie in (0, 1), got {self.mask_fraction!r}; "
+                  "0.15 is the BERT choice")
 
 
 @dataclass

@@ -59,7 +59,7 @@ def check_corpus_matches(config: TrainConfig, corpus) -> None:
 
 
 def build_corpus_data(config: TrainConfig, dist: DistInfo) -> TrainData:
-    """Shuffled, length-bucketed batches of the corpus's train split (this rank's share), and the val split."""
+    """Shuffled, length-bucketed batches of the train split (this rank's share), and the val split."""
     from sigcell.data import Corpus, make_dataloader
 
     d = config.data

@@ -38,7 +38,7 @@ class MetricsLogger:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
-                                      TimeRemainingColumn(), TextColumn("{task.description}"), transient=False)
+                                      TimeRemainingColumn(), TextColumn("{task.description}"))
             self._task = self._progress.add_task("", total=total_steps, completed=start_step)
             self._progress.start()
 
@@ -46,7 +46,8 @@ class MetricsLogger:
         """Record ``metrics`` of ``step`` (``kind`` prefixes the TensorBoard tags: train/..., val/...)."""
         if not self.enabled:
             return
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in metrics.items()}
         self._file.write(json.dumps({"step": step, "kind": kind, **clean}) + "\n")
         self._file.flush()
         if self._tb is not None:

@@ -35,7 +35,7 @@ def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device)
 
 
 class WarmupCosine:
-    """LR multiplier: linear warmup to 1 over ``warmup`` steps, then cosine down to ``min_ratio`` at ``total``.
+    """LR factor: linear warmup to 1 over ``warmup`` steps, then cosine to ``min_ratio`` at ``total``.
 
     A plain callable object (not a lambda), so ``LambdaLR.state_dict()`` saves and restores it.
     """
@@ -55,4 +55,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig,
                     total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Warmup + cosine over ``total_steps`` optimizer steps."""
     warmup = min(config.warmup_steps, total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total_steps, config.min_lr_ratio))
+    schedule = WarmupCosine(warmup, total_steps, config.min_lr_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

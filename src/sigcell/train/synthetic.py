@@ -59,7 +59,8 @@ class SyntheticCells:
     def __post_init__(self) -> None:
         n_genes = self.vocab_size - N_SPECIAL_TOKENS
         if self.max_genes > n_genes:
-            msg = (f"SyntheticCells: max_genes ({self.max_genes}) exceeds the {n_genes} genes of the vocabulary; "
+            msg = (f"SyntheticCells: max_genes ({self.max_genes}) exceeds the {n_genes} genes of the "
+                   "vocabulary; "
                    "raise model.vocab_size or lower data.synthetic_max_genes")
             raise ValueError(msg)
         g = _generator(self.seed, 0xC0FFEE)

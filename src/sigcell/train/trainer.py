@@ -133,7 +133,8 @@ class Trainer:
         if ckpt is not None:
             self._load(ckpt)
         self.logger = MetricsLogger(self.out_dir, config.steps, enabled=self.dist.is_main,
-                                    tensorboard=config.tensorboard, progress=config.progress, start_step=self.step)
+                                    tensorboard=config.tensorboard, progress=config.progress,
+                                    start_step=self.step)
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(config.to_yaml())
@@ -236,7 +237,8 @@ class Trainer:
             else:
                 key = "embed"
             groups.setdefault(key, []).append(parallel.local_part(p.grad))
-        names = sorted(groups, key=lambda k: (k != "embed", k == "head", int(k[5:]) if k[5:].isdigit() else 0))
+        order = lambda k: (k != "embed", k == "head", int(k[5:]) if k[5:].isdigit() else 0)
+        names = sorted(groups, key=order)
         sq = torch.stack([sum(g.float().pow(2).sum() for g in groups[k]) for k in names])
         if self.config.parallel == "fsdp" and self.dist.distributed:
             sq = parallel.all_reduce_sum(sq)  # shards: squares add up across ranks
@@ -274,7 +276,8 @@ class Trainer:
         path = None
         if self.dist.is_main:
             state = {"step": self.step, "optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
-                     "ranks": per_rank, "world_size": self.dist.world_size, "last_val_loss": self.last_val_loss}
+                     "ranks": per_rank, "world_size": self.dist.world_size,
+                     "last_val_loss": self.last_val_loss}
             path = write_checkpoint(self.out_dir, self.step, weights, state, self.config,
                                     vocab_path=self.data.vocab_path, keep=self.config.keep_checkpoints)
         parallel.barrier()
@@ -294,7 +297,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         ranks = state["ranks"]
         if len(ranks) != self.dist.world_size:
-            msg = (f"cannot resume exactly from {ckpt}: it was written by {len(ranks)} process(es), this run has "
+            msg = (f"cannot resume exactly from {ckpt}: it was written by {len(ranks)} process(es), "
+                   "this run has "
                    f"{self.dist.world_size}; resume with the same world size")
             raise ValueError(msg)
         mine = ranks[self.dist.rank]
@@ -320,8 +324,9 @@ class Trainer:
                 try:
                     metrics = self.train_step()
                 except NonFiniteError as err:
+                    good = last_ckpt if last_ckpt is not None else "none (no checkpoint was written yet)"
                     text = (f"stopping: {err}. The optimizer step was skipped; the last good checkpoint is "
-                            f"{last_ckpt if last_ckpt is not None else 'none (no checkpoint was written yet)'}")
+                            f"{good}")
                     self.logger.log(err.step, {"loss": err.loss, "grad_norm": err.grad_norm,
                                                "message": text}, kind="nonfinite")
                     self.logger.message(text)
@@ -340,7 +345,8 @@ class Trainer:
         finally:
             self.logger.close()
         status = "completed" if self.step >= cfg.steps else "paused"
-        return TrainResult(status, self.step, self.out_dir, last_ckpt, metrics.get("loss"), self.last_val_loss)
+        return TrainResult(status, self.step, self.out_dir, last_ckpt, metrics.get("loss"),
+                           self.last_val_loss)
 
 
 def _tokens(batch: CellBatch) -> int:
