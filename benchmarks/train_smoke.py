@@ -3,7 +3,8 @@
     python benchmarks/train_smoke.py                      # checks + step times, JSON to benchmarks/results/
     python benchmarks/train_smoke.py --quick              # checks only
     # 2 GPUs vs 1 GPU at the same global batch (loss curves should agree to bf16 noise):
-    python -m sigcell pretrain --config tiny --device cuda --out /tmp/g1 --steps 30 --grad-accum 2 --no-progress
+    python -m sigcell pretrain --config tiny --device cuda --out /tmp/g1 --steps 30 --grad-accum 2 \
+        --no-progress
     torchrun --nproc_per_node=2 -m sigcell pretrain --config tiny --device cuda --out /tmp/g2 --steps 30 \
         --no-progress        # add --parallel fsdp for FSDP2
 
