@@ -26,6 +26,7 @@ _FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # Debug switches, used by the tests.
 _poison_outputs = False  # fill freshly allocated outputs with NaN before the kernels write them
 _triton_on_cpu = False  # send CPU tensors to the Triton kernels (needs TRITON_INTERPRET=1)
+_plain_pytorch = False  # send CUDA tensors to the plain-PyTorch path (the tests' same-precision oracle)
 
 
 @contextlib.contextmanager
@@ -56,6 +57,17 @@ def triton_on_cpu() -> Iterator[None]:
         _triton_on_cpu = previous
 
 
+@contextlib.contextmanager
+def plain_pytorch() -> Iterator[None]:
+    """Within the block, every tensor (CUDA too) runs the plain-PyTorch path."""
+    global _plain_pytorch
+    previous, _plain_pytorch = _plain_pytorch, True
+    try:
+        yield
+    finally:
+        _plain_pytorch = previous
+
+
 def _new_buffer(shape, dtype: torch.dtype, device: torch.device, zero: bool = False) -> torch.Tensor:
     if zero:
         return torch.zeros(shape, dtype=dtype, device=device)
@@ -66,6 +78,9 @@ def _new_buffer(shape, dtype: torch.dtype, device: torch.device, zero: bool = Fa
 
 
 def _uses_triton(t: torch.Tensor) -> bool:
+    # float64 (the reference precision) always runs the plain-PyTorch path.
+    if _plain_pytorch or t.dtype == torch.float64:
+        return False
     return t.is_cuda or (_triton_on_cpu and t.device.type == "cpu")
 
 
@@ -78,26 +93,35 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _block_config(head_dim: int) -> dict[str, int]:
-    """Block sizes and warps; small blocks under the interpreter, where each program runs in numpy."""
+# Block sizes and warps per kernel and padded head dim (16 .. 256), chosen by benchmarks/sweep_configs.py
+# on an H200 (benchmarks/NOTES.md). Keys: "fwd", "dkdv", "dq".
+_CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
+    # BLOCK_D: (BLOCK_M, BLOCK_N, num_warps, num_stages)
+    "fwd": {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3), 128: (128, 64, 8, 2),
+            256: (64, 32, 4, 2)},
+    "dkdv": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (32, 64, 4, 2),
+             256: (32, 32, 4, 1)},
+    "dq": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (32, 64, 4, 2),
+           256: (32, 32, 4, 1)},
+}
+_config_override: dict[str, tuple[int, int, int, int]] = {}
+
+
+def set_config_override(kind: str, config: tuple[int, int, int, int] | None) -> None:
+    """Force ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` for one kernel kind (benchmark sweeps)."""
+    if config is None:
+        _config_override.pop(kind, None)
+    else:
+        _config_override[kind] = config
+
+
+def _block_config(head_dim: int, kind: str) -> dict[str, int]:
+    """Launch configuration; small blocks under the interpreter, where each program runs in numpy."""
     block_d = max(16, 1 << (head_dim - 1).bit_length())
     if _interpreting():
         return {"BLOCK_D": block_d, "BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
-    if block_d <= 64:
-        return {"BLOCK_D": block_d, "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
-    if block_d <= 128:
-        return {"BLOCK_D": block_d, "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
-    return {"BLOCK_D": block_d, "BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
-
-
-def _bwd_block_config(head_dim: int) -> dict[str, int]:
-    cfg = _block_config(head_dim)
-    if not _interpreting():
-        small = cfg["BLOCK_D"] <= 64
-        cfg.update(BLOCK_M=64 if small else 32, BLOCK_N=64, num_warps=4, num_stages=2)
-        if cfg["BLOCK_D"] > 128:
-            cfg.update(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
-    return cfg
+    block_m, block_n, warps, stages = _config_override.get(kind) or _CONFIGS[kind][block_d]
+    return {"BLOCK_D": block_d, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -139,7 +163,7 @@ def _triton_forward(q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, le
     out = _new_buffer(q.shape, q.dtype, q.device)
     if out.numel() == 0 or n_seq == 0:
         return out.zero_()
-    cfg = _block_config(q.shape[-1])
+    cfg = _block_config(q.shape[-1], "fwd")
     span = max_seqlen_q if varlen else rows_q
     grid = (n_seq * heads, triton_cdiv(span, cfg["BLOCK_M"]))
     dummy = bias
@@ -164,10 +188,10 @@ def _triton_backward(dout, q, k, v, bias, key_bias, slopes, start_q, len_q, star
     dq = _new_buffer(q.shape, q.dtype, q.device)
     dk = _new_buffer(k.shape, k.dtype, k.device)
     dv = _new_buffer(v.shape, v.dtype, v.device)
-    cfg = _bwd_block_config(q.shape[-1])
+    cfg_kv, cfg_q = _block_config(q.shape[-1], "dkdv"), _block_config(q.shape[-1], "dq")
     span_q = max_seqlen_q if varlen else rows_q
     span_k = max_seqlen_k if varlen else rows_k
-    num_m = triton_cdiv(max(span_q, 1), cfg["BLOCK_M"])
+    num_m = triton_cdiv(max(span_q, 1), cfg_q["BLOCK_M"])
     # Partial sums, reduced below in a fixed order (deterministic): per (b, h, query block) for d bias,
     # per (kv head, key row) for d key_bias.
     dbias_part = torch.zeros(n_seq * heads, num_m, dtype=torch.float32, device=q.device)
@@ -182,18 +206,18 @@ def _triton_backward(dout, q, k, v, bias, key_bias, slopes, start_q, len_q, star
         kb_strides = _key_bias_strides(key_bias, varlen)
         dkb_strides = (0, 0, 0) if dkb_part is None else (
             dkb_part.stride(0), 0 if varlen else dkb_part.stride(1), dkb_part.stride(2))
-        sigmoid_attn_bwd_dkdv_kernel[(n_seq * kv_heads, triton_cdiv(span_k, cfg["BLOCK_N"]))](
+        sigmoid_attn_bwd_dkdv_kernel[(n_seq * kv_heads, triton_cdiv(span_k, cfg_kv["BLOCK_N"]))](
             q, k, v, dout, dk, dv, dkb_part if dkb_part is not None else dummy, bias, kb, sl,
             start_q, len_q, start_k, len_k,
             *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen),
             *_strides(dk, varlen), *_strides(dv, varlen), *kb_strides, *dkb_strides,
-            scale, rows_k, heads, kv_heads, heads // kv_heads, **flags, **cfg,
+            scale, rows_k, heads, kv_heads, heads // kv_heads, **flags, **cfg_kv,
         )
         sigmoid_attn_bwd_dq_kernel[(n_seq * heads, num_m)](
             q, k, v, dout, dq, dbias_part, bias, kb, sl, start_q, len_q, start_k, len_k,
             *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen),
             *_strides(dq, varlen), *kb_strides,
-            scale, rows_q, num_m, heads, heads // kv_heads, **flags, **cfg,
+            scale, rows_q, num_m, heads, heads // kv_heads, **flags, **cfg_q,
         )
     else:
         dq.zero_(), dk.zero_(), dv.zero_()
@@ -336,9 +360,9 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rank: int, lay
             _fail(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != rank:
             _fail(f"{fn}: {name} must have {rank} dimensions {layout}, got shape {tuple(t.shape)}")
-    if q.dtype not in _FLOAT_DTYPES and not (q.dtype == torch.float64 and q.device.type == "cpu"):
+    if q.dtype not in (*_FLOAT_DTYPES, torch.float64):
         _fail(f"{fn}: q has dtype {q.dtype}; supported are bfloat16, float16 and float32 "
-              "(float64 on the CPU path only); cast the inputs with .to(torch.bfloat16)")
+              "(and float64, which runs the plain-PyTorch path); cast the inputs with .to(torch.bfloat16)")
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             _fail(f"{fn}: q, k and v must share one dtype, got q {q.dtype} and {name} {t.dtype}")
@@ -503,7 +527,8 @@ def sigmoid_attn_func(
     Parameters
     ----------
     q
-        Queries ``[B, Lq, H, D]``; bfloat16, float16 or float32 (float64 on CPU); any strides.
+        Queries ``[B, Lq, H, D]``; bfloat16, float16 or float32 (float64 runs the plain-PyTorch path,
+        on any device); any strides.
     k, v
         Keys and values ``[B, Lk, Hkv, D]``, ``H % Hkv == 0`` (grouped-query / multi-query attention).
     scale

@@ -56,33 +56,86 @@ def _round(x, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
 
 @triton.jit
 def _logits(
-    b_q, b_k, o_m, o_n, len_q, len_k, shift, scale, bias, slope, KEY_BIAS, key_bias_offset, stride_kbt,
-    CAUSAL: tl.constexpr, HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    EMULATE_BF16: tl.constexpr,
+    b_q, b_k, o_m, o_n, shift, scale, bias, slope, KEY_BIAS, key_bias_offset, stride_kbt,
+    MASK_KEYS: tl.constexpr, len_k, HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):
-    """Logits ``[BM, BN]`` of one block and its validity mask."""
+    """Logits ``[BM, BN]`` of one block (no masking)."""
     b_s = _dot(b_q, tl.trans(b_k), DOT_PRECISION, EMULATE_BF16) * scale + bias
-    m_col = o_n < len_k
     if HAS_KEY_BIAS:
-        b_kb = tl.load(KEY_BIAS + key_bias_offset + o_n * stride_kbt, mask=m_col, other=0.0)
+        p_kb = KEY_BIAS + key_bias_offset + o_n * stride_kbt
+        if MASK_KEYS:
+            b_kb = tl.load(p_kb, mask=o_n < len_k, other=0.0)
+        else:
+            b_kb = tl.load(p_kb)
         b_s += b_kb.to(tl.float32)[None, :]
     if HAS_ALIBI:
-        b_dist = tl.abs(o_m[:, None] + shift - o_n[None, :]).to(tl.float32)
-        b_s -= slope * b_dist
-    m_valid = (o_m < len_q)[:, None] & m_col[None, :]
-    if CAUSAL:
-        m_valid = m_valid & (o_n[None, :] <= o_m[:, None] + shift)
-    return b_s, m_valid
+        b_s -= slope * tl.abs(o_m[:, None] + shift - o_n[None, :]).to(tl.float32)
+    return b_s
 
 
 @triton.jit
-def _key_range(i_m, len_q, len_k, shift, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
-    """End of the keys that queries of block ``i_m`` may see (0 when the whole block is padding)."""
+def _load_rows(base, o_r, o_d, stride_t, stride_d, n_rows, MASK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """Rows ``o_r`` of a [rows, D] slice; rows past ``n_rows`` (and columns past D) read as 0."""
+    ptrs = base + o_r[:, None] * stride_t + o_d[None, :] * stride_d
+    if MASK_ROWS:
+        if BLOCK_D == HEAD_DIM:
+            return tl.load(ptrs, mask=(o_r < n_rows)[:, None], other=0.0)
+        else:
+            return tl.load(ptrs, mask=(o_r < n_rows)[:, None] & (o_d < HEAD_DIM)[None, :], other=0.0)
+    else:
+        if BLOCK_D == HEAD_DIM:
+            return tl.load(ptrs)
+        else:
+            return tl.load(ptrs, mask=(o_d < HEAD_DIM)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_rows(base, o_r, o_d, stride_t, stride_d, n_rows, value, HEAD_DIM: tl.constexpr):
+    ptrs = base + o_r[:, None] * stride_t + o_d[None, :] * stride_d
+    tl.store(ptrs, value, mask=(o_r < n_rows)[:, None] & (o_d < HEAD_DIM)[None, :])
+
+
+@triton.jit
+def _fwd_step(
+    b_acc, b_q, k_base, v_base, kb_base, j0, o_m, o_d, len_k, shift, scale, bias, slope,
+    stride_kt, stride_kd, stride_vt, stride_vd, stride_kbt,
+    MASK_KEYS: tl.constexpr, MASK_CAUSAL: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):
+    """Add one key block's ``sigmoid(s) v`` to the accumulator.
+
+    Keys past ``len_k`` load as zero rows of K and V, so they add nothing without a mask on ``p``.
+    """
+    o_n = j0 + tl.arange(0, BLOCK_N)
+    b_k = _load_rows(k_base, o_n, o_d, stride_kt, stride_kd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
+    b_v = _load_rows(v_base, o_n, o_d, stride_vt, stride_vd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
+    b_s = _logits(b_q, b_k, o_m, o_n, shift, scale, bias, slope, kb_base, 0, stride_kbt, MASK_KEYS, len_k,
+                  HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION, EMULATE_BF16)
+    b_p = _sigmoid(b_s, FAST_SIGMOID)  # [BM, BN]
+    if MASK_CAUSAL:
+        b_p = tl.where(o_n[None, :] <= o_m[:, None] + shift, b_p, 0.0)
+    return b_acc + _dot(_round(b_p, b_v.dtype, EMULATE_BF16), b_v, DOT_PRECISION, EMULATE_BF16)
+
+
+@triton.jit
+def _key_loop_bounds(i_m, len_q, len_k, shift, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     CAUSAL: tl.constexpr):
+    """For query block ``i_m``: keys ``[0, full)`` come in whole blocks that every row may see (no masks);
+    keys ``[full, hi)`` need masks (the last partial block, the causal diagonal). Both are 0 for a block
+    of padding rows."""
+    m0 = i_m * BLOCK_M
     hi = len_k
+    full = len_k
     if CAUSAL:
-        hi = tl.minimum(hi, (i_m + 1) * BLOCK_M + shift)
-    hi = tl.maximum(hi, 0)
-    return tl.where(i_m * BLOCK_M < len_q, hi, 0)
+        hi = tl.minimum(hi, m0 + BLOCK_M + shift)
+        full = tl.minimum(full, m0 + shift + 1)
+    hi = tl.where(m0 < len_q, tl.maximum(hi, 0), 0)
+    full = tl.minimum(tl.maximum(full, 0) // BLOCK_N * BLOCK_N, hi)
+    return full, hi
 
 
 @triton.jit
@@ -99,6 +152,7 @@ def sigmoid_attn_fwd_kernel(
     STORE_ALL_ROWS: tl.constexpr, FAST_SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
 ):
+    """One program per (sequence, head, query block)."""
     i_bh, i_m = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     i_hk = i_h // GROUP
@@ -113,29 +167,60 @@ def sigmoid_attn_fwd_kernel(
 
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < HEAD_DIM
-    p_q = Q + i_b * stride_qb + i_h * stride_qh + (start_q + o_m)[:, None] * stride_qt + o_d[None, :] * stride_qd
-    b_q = tl.load(p_q, mask=(o_m < len_q)[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+    q_base = Q + i_b * stride_qb + i_h * stride_qh + start_q * stride_qt
+    b_q = _load_rows(q_base, o_m, o_d, stride_qt, stride_qd, len_q, True, HEAD_DIM, BLOCK_D)  # [BM, BD]
     k_base = K + i_b * stride_kb + i_hk * stride_kh + start_k * stride_kt
     v_base = V + i_b * stride_vb + i_hk * stride_vh + start_k * stride_vt
-    kb_offset = i_b * stride_kbb + start_k * stride_kbt
+    kb_base = KEY_BIAS + i_b * stride_kbb + start_k * stride_kbt
 
     b_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    hi = _key_range(i_m, len_q, len_k, shift, BLOCK_M, CAUSAL)
-    for j0 in range(0, hi, BLOCK_N):
-        o_n = j0 + tl.arange(0, BLOCK_N)
-        m_kd = (o_n < len_k)[:, None] & m_d[None, :]
-        b_k = tl.load(k_base + o_n[:, None] * stride_kt + o_d[None, :] * stride_kd, mask=m_kd, other=0.0)
-        b_v = tl.load(v_base + o_n[:, None] * stride_vt + o_d[None, :] * stride_vd, mask=m_kd, other=0.0)
-        b_s, m_valid = _logits(
-            b_q, b_k, o_m, o_n, len_q, len_k, shift, scale, bias, slope, KEY_BIAS, kb_offset, stride_kbt,
-            CAUSAL, HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION, EMULATE_BF16,
+    full, hi = _key_loop_bounds(i_m, len_q, len_k, shift, BLOCK_M, BLOCK_N, CAUSAL)
+    for j0 in range(0, full, BLOCK_N):
+        b_acc = _fwd_step(
+            b_acc, b_q, k_base, v_base, kb_base, j0, o_m, o_d, len_k, shift, scale, bias, slope,
+            stride_kt, stride_kd, stride_vt, stride_vd, stride_kbt, False, False,
+            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
         )
-        b_p = tl.where(m_valid, _sigmoid(b_s, FAST_SIGMOID), 0.0)  # [BM, BN]
-        b_acc += _dot(_round(b_p, b_v.dtype, EMULATE_BF16), b_v, DOT_PRECISION, EMULATE_BF16)
+    for j0 in range(full, hi, BLOCK_N):
+        b_acc = _fwd_step(
+            b_acc, b_q, k_base, v_base, kb_base, j0, o_m, o_d, len_k, shift, scale, bias, slope,
+            stride_kt, stride_kd, stride_vt, stride_vd, stride_kbt, True, CAUSAL,
+            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
+        )
+    # Padded query rows saw unmasked keys above; their output is defined as exactly 0.
+    b_acc = tl.where((o_m < len_q)[:, None], b_acc, 0.0)
+    o_base = O + i_b * stride_ob + i_h * stride_oh + start_q * stride_ot
+    _store_rows(o_base, o_m, o_d, stride_ot, stride_od, store_rows, _round(b_acc, O.dtype.element_ty, EMULATE_BF16),
+                HEAD_DIM)
 
-    p_o = O + i_b * stride_ob + i_h * stride_oh + (start_q + o_m)[:, None] * stride_ot + o_d[None, :] * stride_od
-    tl.store(p_o, _round(b_acc, O.dtype.element_ty, EMULATE_BF16), mask=(o_m < store_rows)[:, None] & m_d[None, :])
+
+@triton.jit
+def _dkdv_step(
+    b_dk, b_dv, b_dkb, b_k, b_v, q_base, do_base, m0, o_n, o_d, len_q, len_k, shift, scale, bias, slope,
+    kb_base, stride_qt, stride_qd, stride_dot, stride_dod, stride_kbt,
+    MASK_ROWS: tl.constexpr, MASK_CAUSAL: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):
+    """Add one query block's contribution to dK, dV and the per-key sums of dS.
+
+    Query rows past ``len_q`` load as zero rows of Q and dO, so their dS and p^T dO vanish unmasked.
+    """
+    o_m = m0 + tl.arange(0, BLOCK_M)
+    b_q = _load_rows(q_base, o_m, o_d, stride_qt, stride_qd, len_q, MASK_ROWS, HEAD_DIM, BLOCK_D)
+    b_do = _load_rows(do_base, o_m, o_d, stride_dot, stride_dod, len_q, MASK_ROWS, HEAD_DIM, BLOCK_D)
+    b_s = _logits(b_q, b_k, o_m, o_n, shift, scale, bias, slope, kb_base, 0, stride_kbt, True, len_k,
+                  HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION, EMULATE_BF16)
+    b_p = _sigmoid(b_s, FAST_SIGMOID)  # [BM, BN]
+    if MASK_CAUSAL:
+        b_p = tl.where(o_n[None, :] <= o_m[:, None] + shift, b_p, 0.0)
+    b_dp = _dot(b_do, tl.trans(b_v), DOT_PRECISION, EMULATE_BF16)  # [BM, BN]
+    b_ds = b_dp * b_p * (1.0 - b_p)
+    b_dv += _dot(tl.trans(_round(b_p, b_do.dtype, EMULATE_BF16)), b_do, DOT_PRECISION, EMULATE_BF16)
+    b_dk += _dot(tl.trans(_round(b_ds, b_q.dtype, EMULATE_BF16)), b_q, DOT_PRECISION, EMULATE_BF16)
+    b_dkb += tl.sum(b_ds, axis=0)
+    return b_dk, b_dv, b_dkb
 
 
 @triton.jit
@@ -164,58 +249,96 @@ def sigmoid_attn_bwd_dkdv_kernel(
     start_q, len_q = tl.load(START_Q + i_b), tl.load(LEN_Q + i_b)
     start_k, len_k = tl.load(START_K + i_b), tl.load(LEN_K + i_b)
     store_rows = rows_k if STORE_ALL_ROWS else len_k
-    if i_n * BLOCK_N >= store_rows:
+    n0 = i_n * BLOCK_N
+    if n0 >= store_rows:
         return
     shift = len_k - len_q
 
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_n = n0 + tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < HEAD_DIM
-    m_kd = (o_n < len_k)[:, None] & m_d[None, :]
-    p_k = K + i_b * stride_kb + i_hk * stride_kh + (start_k + o_n)[:, None] * stride_kt + o_d[None, :] * stride_kd
-    p_v = V + i_b * stride_vb + i_hk * stride_vh + (start_k + o_n)[:, None] * stride_vt + o_d[None, :] * stride_vd
-    b_k = tl.load(p_k, mask=m_kd, other=0.0)  # [BN, BD]
-    b_v = tl.load(p_v, mask=m_kd, other=0.0)
-    kb_offset = i_b * stride_kbb + start_k * stride_kbt
+    b_k = _load_rows(K + i_b * stride_kb + i_hk * stride_kh + start_k * stride_kt, o_n, o_d, stride_kt, stride_kd,
+                     len_k, True, HEAD_DIM, BLOCK_D)  # [BN, BD]
+    b_v = _load_rows(V + i_b * stride_vb + i_hk * stride_vh + start_k * stride_vt, o_n, o_d, stride_vt, stride_vd,
+                     len_k, True, HEAD_DIM, BLOCK_D)
+    kb_base = KEY_BIAS + i_b * stride_kbb + start_k * stride_kbt
 
     b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     b_dkb = tl.zeros([BLOCK_N], dtype=tl.float32)
-    # Causal: the first query that sees key i_n * BLOCK_N is that key's row minus the shift.
+    # Query blocks: [lo, diag_end) on the causal diagonal (masked), then whole visible blocks up to
+    # rows_end (no masks), then the last partial block (masked rows).
+    q_end = tl.where(n0 < len_k, len_q, 0)
+    rows_end = q_end // BLOCK_M * BLOCK_M
     lo = 0
+    diag_end = 0
     if CAUSAL:
-        lo = tl.maximum(i_n * BLOCK_N - shift, 0) // BLOCK_M * BLOCK_M
-    hi = tl.where(i_n * BLOCK_N < len_k, len_q, 0)
+        lo = tl.maximum(n0 - shift, 0) // BLOCK_M * BLOCK_M
+        diag_end = tl.maximum(n0 + BLOCK_N - 1 - shift + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
+    diag_end = tl.minimum(diag_end, rows_end)
+    tail_start = tl.maximum(rows_end, lo)
     for g in range(GROUP):
         i_h = i_hk * GROUP + g
         bias = tl.load(BIAS + i_b * H + i_h)
         slope = tl.load(SLOPES + i_b * H + i_h) if HAS_ALIBI else 0.0
         q_base = Q + i_b * stride_qb + i_h * stride_qh + start_q * stride_qt
         do_base = DO + i_b * stride_dob + i_h * stride_doh + start_q * stride_dot
-        for m0 in range(lo, hi, BLOCK_M):
-            o_m = m0 + tl.arange(0, BLOCK_M)
-            m_qd = (o_m < len_q)[:, None] & m_d[None, :]
-            b_q = tl.load(q_base + o_m[:, None] * stride_qt + o_d[None, :] * stride_qd, mask=m_qd, other=0.0)
-            b_do = tl.load(do_base + o_m[:, None] * stride_dot + o_d[None, :] * stride_dod, mask=m_qd, other=0.0)
-            b_s, m_valid = _logits(
-                b_q, b_k, o_m, o_n, len_q, len_k, shift, scale, bias, slope, KEY_BIAS, kb_offset, stride_kbt,
-                CAUSAL, HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION, EMULATE_BF16,
+        for m0 in range(lo, diag_end, BLOCK_M):
+            b_dk, b_dv, b_dkb = _dkdv_step(
+                b_dk, b_dv, b_dkb, b_k, b_v, q_base, do_base, m0, o_n, o_d, len_q, len_k, shift, scale, bias,
+                slope, kb_base, stride_qt, stride_qd, stride_dot, stride_dod, stride_kbt, False, True,
+                HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
             )
-            b_p = tl.where(m_valid, _sigmoid(b_s, FAST_SIGMOID), 0.0)  # [BM, BN]
-            b_dp = _dot(b_do, tl.trans(b_v), DOT_PRECISION, EMULATE_BF16)  # [BM, BN]
-            b_ds = b_dp * b_p * (1.0 - b_p)
-            b_dv += _dot(tl.trans(_round(b_p, b_do.dtype, EMULATE_BF16)), b_do, DOT_PRECISION, EMULATE_BF16)
-            b_dk += _dot(tl.trans(_round(b_ds, b_q.dtype, EMULATE_BF16)), b_q, DOT_PRECISION, EMULATE_BF16)
-            b_dkb += tl.sum(b_ds, axis=0)
+        for m0 in range(tl.maximum(diag_end, lo), rows_end, BLOCK_M):
+            b_dk, b_dv, b_dkb = _dkdv_step(
+                b_dk, b_dv, b_dkb, b_k, b_v, q_base, do_base, m0, o_n, o_d, len_q, len_k, shift, scale, bias,
+                slope, kb_base, stride_qt, stride_qd, stride_dot, stride_dod, stride_kbt, False, False,
+                HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
+            )
+        for m0 in range(tail_start, q_end, BLOCK_M):
+            b_dk, b_dv, b_dkb = _dkdv_step(
+                b_dk, b_dv, b_dkb, b_k, b_v, q_base, do_base, m0, o_n, o_d, len_q, len_k, shift, scale, bias,
+                slope, kb_base, stride_qt, stride_qd, stride_dot, stride_dod, stride_kbt, True, CAUSAL,
+                HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
+            )
 
-    m_store = (o_n < store_rows)[:, None] & m_d[None, :]
-    p_dk = DK + i_b * stride_dkb + i_hk * stride_dkh + (start_k + o_n)[:, None] * stride_dkt + o_d[None, :] * stride_dkd
-    p_dv = DV + i_b * stride_dvb + i_hk * stride_dvh + (start_k + o_n)[:, None] * stride_dvt + o_d[None, :] * stride_dvd
-    tl.store(p_dk, _round(b_dk * scale, DK.dtype.element_ty, EMULATE_BF16), mask=m_store)
-    tl.store(p_dv, _round(b_dv, DV.dtype.element_ty, EMULATE_BF16), mask=m_store)
+    # Padded keys (zero rows of K and V) still got p^T dO above; their gradients are defined as 0.
+    m_key = (o_n < len_k)[:, None]
+    b_dv = tl.where(m_key, b_dv, 0.0)
+    dk_base = DK + i_b * stride_dkb + i_hk * stride_dkh + start_k * stride_dkt
+    dv_base = DV + i_b * stride_dvb + i_hk * stride_dvh + start_k * stride_dvt
+    _store_rows(dk_base, o_n, o_d, stride_dkt, stride_dkd, store_rows,
+                _round(b_dk * scale, DK.dtype.element_ty, EMULATE_BF16), HEAD_DIM)
+    _store_rows(dv_base, o_n, o_d, stride_dvt, stride_dvd, store_rows,
+                _round(b_dv, DV.dtype.element_ty, EMULATE_BF16), HEAD_DIM)
     if HAS_KEY_BIAS:
         p_dkb = DKB + i_hk * stride_dkbh + i_b * stride_dkbb + (start_k + o_n) * stride_dkbt
         tl.store(p_dkb, b_dkb, mask=o_n < store_rows)
+
+
+@triton.jit
+def _dq_step(
+    b_dq, b_dbias, b_q, b_do, k_base, v_base, kb_base, j0, o_m, o_d, len_k, shift, scale, bias, slope,
+    stride_kt, stride_kd, stride_vt, stride_vd, stride_kbt,
+    MASK_KEYS: tl.constexpr, MASK_CAUSAL: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):
+    """Add one key block's ``dS k`` to dQ and its row sums of dS (zero rows of V give dS = 0 for
+    padded keys)."""
+    o_n = j0 + tl.arange(0, BLOCK_N)
+    b_k = _load_rows(k_base, o_n, o_d, stride_kt, stride_kd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
+    b_v = _load_rows(v_base, o_n, o_d, stride_vt, stride_vd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
+    b_s = _logits(b_q, b_k, o_m, o_n, shift, scale, bias, slope, kb_base, 0, stride_kbt, MASK_KEYS, len_k,
+                  HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION, EMULATE_BF16)
+    b_p = _sigmoid(b_s, FAST_SIGMOID)
+    if MASK_CAUSAL:
+        b_p = tl.where(o_n[None, :] <= o_m[:, None] + shift, b_p, 0.0)
+    b_dp = _dot(b_do, tl.trans(b_v), DOT_PRECISION, EMULATE_BF16)
+    b_ds = b_dp * b_p * (1.0 - b_p)  # [BM, BN]
+    b_dq += _dot(_round(b_ds, b_k.dtype, EMULATE_BF16), b_k, DOT_PRECISION, EMULATE_BF16)
+    b_dbias += tl.sum(b_ds, axis=1)
+    return b_dq, b_dbias
 
 
 @triton.jit
@@ -248,34 +371,31 @@ def sigmoid_attn_bwd_dq_kernel(
 
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < HEAD_DIM
-    m_qd = (o_m < len_q)[:, None] & m_d[None, :]
-    p_q = Q + i_b * stride_qb + i_h * stride_qh + (start_q + o_m)[:, None] * stride_qt + o_d[None, :] * stride_qd
-    p_do = DO + i_b * stride_dob + i_h * stride_doh + (start_q + o_m)[:, None] * stride_dot + o_d[None, :] * stride_dod
-    b_q = tl.load(p_q, mask=m_qd, other=0.0)  # [BM, BD]
-    b_do = tl.load(p_do, mask=m_qd, other=0.0)
+    b_q = _load_rows(Q + i_b * stride_qb + i_h * stride_qh + start_q * stride_qt, o_m, o_d, stride_qt, stride_qd,
+                     len_q, True, HEAD_DIM, BLOCK_D)  # [BM, BD]
+    b_do = _load_rows(DO + i_b * stride_dob + i_h * stride_doh + start_q * stride_dot, o_m, o_d, stride_dot,
+                      stride_dod, len_q, True, HEAD_DIM, BLOCK_D)
     k_base = K + i_b * stride_kb + i_hk * stride_kh + start_k * stride_kt
     v_base = V + i_b * stride_vb + i_hk * stride_vh + start_k * stride_vt
-    kb_offset = i_b * stride_kbb + start_k * stride_kbt
+    kb_base = KEY_BIAS + i_b * stride_kbb + start_k * stride_kbt
 
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     b_dbias = tl.zeros([BLOCK_M], dtype=tl.float32)
-    hi = _key_range(i_m, len_q, len_k, shift, BLOCK_M, CAUSAL)
-    for j0 in range(0, hi, BLOCK_N):
-        o_n = j0 + tl.arange(0, BLOCK_N)
-        m_kd = (o_n < len_k)[:, None] & m_d[None, :]
-        b_k = tl.load(k_base + o_n[:, None] * stride_kt + o_d[None, :] * stride_kd, mask=m_kd, other=0.0)
-        b_v = tl.load(v_base + o_n[:, None] * stride_vt + o_d[None, :] * stride_vd, mask=m_kd, other=0.0)
-        b_s, m_valid = _logits(
-            b_q, b_k, o_m, o_n, len_q, len_k, shift, scale, bias, slope, KEY_BIAS, kb_offset, stride_kbt,
-            CAUSAL, HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION, EMULATE_BF16,
+    full, hi = _key_loop_bounds(i_m, len_q, len_k, shift, BLOCK_M, BLOCK_N, CAUSAL)
+    for j0 in range(0, full, BLOCK_N):
+        b_dq, b_dbias = _dq_step(
+            b_dq, b_dbias, b_q, b_do, k_base, v_base, kb_base, j0, o_m, o_d, len_k, shift, scale, bias, slope,
+            stride_kt, stride_kd, stride_vt, stride_vd, stride_kbt, False, False,
+            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
         )
-        b_p = tl.where(m_valid, _sigmoid(b_s, FAST_SIGMOID), 0.0)
-        b_dp = _dot(b_do, tl.trans(b_v), DOT_PRECISION, EMULATE_BF16)
-        b_ds = b_dp * b_p * (1.0 - b_p)  # [BM, BN]
-        b_dq += _dot(_round(b_ds, b_k.dtype, EMULATE_BF16), b_k, DOT_PRECISION, EMULATE_BF16)
-        b_dbias += tl.sum(b_ds, axis=1)
+    for j0 in range(full, hi, BLOCK_N):
+        b_dq, b_dbias = _dq_step(
+            b_dq, b_dbias, b_q, b_do, k_base, v_base, kb_base, j0, o_m, o_d, len_k, shift, scale, bias, slope,
+            stride_kt, stride_kd, stride_vt, stride_vd, stride_kbt, True, CAUSAL,
+            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
+        )
 
-    p_dq = DQ + i_b * stride_dqb + i_h * stride_dqh + (start_q + o_m)[:, None] * stride_dqt + o_d[None, :] * stride_dqd
-    tl.store(p_dq, _round(b_dq * scale, DQ.dtype.element_ty, EMULATE_BF16), mask=(o_m < store_rows)[:, None] & m_d[None, :])
+    dq_base = DQ + i_b * stride_dqb + i_h * stride_dqh + start_q * stride_dqt
+    _store_rows(dq_base, o_m, o_d, stride_dqt, stride_dqd, store_rows,
+                _round(b_dq * scale, DQ.dtype.element_ty, EMULATE_BF16), HEAD_DIM)
     tl.store(DBIAS + i_bh * num_m_blocks + i_m, tl.sum(b_dbias, axis=0))

@@ -1,0 +1,100 @@
+"""The Triton kernels on a CUDA GPU at realistic sizes, against float64 (computed on the GPU by the
+plain-PyTorch path) and against plain PyTorch run in the same low precision (the flash-attn oracle:
+the kernel's error must stay within 2x (output) / 3x (gradients) of it). Skipped without CUDA."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from sigcell.ops.sigmoid_attn import interface
+from tests.ops.cases import TOLERANCE, compare, make_case, rel_err, run
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _check(case, dtype, fast_sigmoid=None):
+    with interface.poison_outputs():
+        got = run(case, dtype, fast_sigmoid)
+    with interface.plain_pytorch():
+        ref = run(case, torch.float64)
+        oracle = run(case, dtype) if dtype != torch.float32 else None
+    problems = compare(case, got, ref, TOLERANCE[dtype], oracle)
+    assert not problems, problems
+
+
+GRID = list(itertools.product(DTYPES, [False, True], ["padded", "varlen"], [(8, 8), (8, 2)], [64, 128]))
+
+
+@pytest.mark.parametrize(("dtype", "causal", "layout", "heads", "dim"), GRID)
+def test_kernels_match_reference(dtype, causal, layout, heads, dim):
+    index = GRID.index((dtype, causal, layout, heads, dim))
+    case = make_case(
+        5000 + index, layout=layout, batch=4, lq=1000 if causal else 1031, lk=1031 if causal else 977,
+        heads=heads[0], kv_heads=heads[1], dim=dim, causal=causal,
+        bias_mode=("none", "float", "tensor")[index % 3], key_bias=index % 2 == 0, alibi=index % 4 == 1,
+        device="cuda",
+    )
+    _check(case, DTYPES[dtype])
+
+
+@pytest.mark.parametrize("dim", [16, 40, 80, 96, 160, 192, 256])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_head_dims(dim, dtype):
+    case = make_case(6000 + dim, batch=3, lq=517, heads=4, kv_heads=2, dim=dim, bias_mode="tensor",
+                     device="cuda")
+    _check(case, DTYPES[dtype])
+
+
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_long_cells(layout, causal):
+    case = make_case(7000 + causal, layout=layout, lq=16384, lk=16384, lens_q=[16384, 9000],
+                     lens_k=[16384, 9000], heads=2, kv_heads=1, dim=128, causal=causal, device="cuda")
+    _check(case, torch.bfloat16)
+
+
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+def test_edges(layout):
+    case = make_case(7100, layout=layout, lq=300, lk=300, lens_q=[1, 0, 300, 0, 129], lens_k=[1, 0, 0, 300, 77],
+                     heads=4, kv_heads=1, dim=64, causal=True, device="cuda")
+    _check(case, torch.float16)
+
+
+@pytest.mark.parametrize("fast_sigmoid", [True, False])
+@pytest.mark.parametrize("logit_scale", [1e4, -1e4])
+def test_extreme_logits(logit_scale, fast_sigmoid):
+    case = make_case(7200, lq=700, dim=64, logit_scale=logit_scale, causal=True, device="cuda")
+    with interface.poison_outputs():
+        out, grads = run(case, torch.bfloat16, fast_sigmoid)
+    with interface.plain_pytorch():
+        ref_out, ref_grads = run(case, torch.float64)
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(g).all() for g in grads if g is not None)
+    assert rel_err(out, ref_out) < 1e-2
+    for got, ref in zip(grads, ref_grads, strict=True):
+        if ref is not None:
+            assert (got - ref).norm().item() <= 1e-2 * ref.norm().item() + 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_fast_and_accurate_sigmoid_both_meet_bounds(dtype):
+    case = make_case(7300, batch=4, lq=2048, heads=4, kv_heads=4, dim=64, device="cuda")
+    for fast in (True, False):
+        _check(case, DTYPES[dtype], fast_sigmoid=fast)
+
+
+def test_backward_is_deterministic():
+    case = make_case(7400, batch=2, lq=1500, heads=8, kv_heads=2, dim=64, bias_mode="tensor", device="cuda")
+    first = run(case, torch.bfloat16)
+    second = run(case, torch.bfloat16)
+    for a, b in zip(first[1], second[1], strict=True):
+        if a is not None:
+            assert torch.equal(a, b)
