@@ -53,10 +53,10 @@ def ratios(results: list[dict], matmul: dict | None = None) -> list[dict]:
                 if rec["sigcell"]:
                     continue
                 out.append({"case": case, "mode": mode, "sigcell_provider": sig, "peer": peer,
-                            "ratio": round(rec["ms"] / row[sig]["ms"], 3)})
+                            "ratio": float(f"{rec['ms'] / row[sig]['ms']:.4g}")})
             if matmul and matmul.get("tflops"):
                 out.append({"case": case, "mode": mode, "sigcell_provider": sig, "peer": "matmul",
-                            "of_matmul": round(row[sig]["tflops"] / matmul["tflops"], 3)})
+                            "of_matmul": float(f"{row[sig]['tflops'] / matmul['tflops']:.4g}")})
     return out
 
 
@@ -214,7 +214,7 @@ def plot_png(data: dict, path: Path) -> str | None:
     title = (f"sigcell bench kernels '{data['name']}': {env.get('gpu') or env.get('device')}, "
              f"{data['config']['dtype']}, torch {env.get('torch')}, triton {env.get('triton')}")
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.5 / fig.get_figheight()))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=100)
