@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from dataclasses import dataclass
-
-import numpy as np
 
 from sigcell.bench.cell_lengths import sample_cell_lengths
 
@@ -84,8 +83,8 @@ def uniform_lengths(batch: int, seq_len: int, padding: float, seed: int) -> list
     if padding == 0:
         return [seq_len] * batch
     low = max(1, math.ceil((1.0 - padding) * seq_len))
-    rng = np.random.default_rng([seed, seq_len, round(padding * 1000)])
-    return [int(x) for x in rng.integers(low, seq_len, size=batch, endpoint=True)]
+    rng = random.Random(f"{seed}-{seq_len}-{round(padding * 1000)}")
+    return [rng.randint(low, seq_len) for _ in range(batch)]
 
 
 @dataclass(frozen=True)

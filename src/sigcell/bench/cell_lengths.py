@@ -19,7 +19,8 @@ Large atlases (CELLxGENE) have 200 to 16,000+ expressed genes per cell, about 4,
 
 from __future__ import annotations
 
-import numpy as np
+import bisect
+import random
 
 __all__ = ["CELL_LENGTH_QUANTILES", "QUANTILE_LEVELS", "sample_cell_lengths"]
 
@@ -65,8 +66,14 @@ def sample_cell_lengths(
     if count < 1 or max_len < 1 or not scale > 0:
         msg = f"count and max_len must be >= 1 and scale > 0, got {count}, {max_len}, {scale}"
         raise ValueError(msg)
-    levels = (np.arange(count) + 0.5) / count
-    lengths = np.interp(levels, QUANTILE_LEVELS, CELL_LENGTH_QUANTILES[dist]) * scale
-    lengths = np.clip(np.rint(lengths), 1, max_len).astype(int)
-    np.random.default_rng(seed).shuffle(lengths)
-    return [int(x) for x in lengths]
+    table = CELL_LENGTH_QUANTILES[dist]
+    lengths = []
+    for i in range(count):
+        level = (i + 0.5) / count
+        # the bracketing levels: QUANTILE_LEVELS[j - 1] <= level < QUANTILE_LEVELS[j]
+        j = min(bisect.bisect_right(QUANTILE_LEVELS, level), len(table) - 1)
+        lo, hi = QUANTILE_LEVELS[j - 1], QUANTILE_LEVELS[j]
+        value = table[j - 1] + (table[j] - table[j - 1]) * (level - lo) / (hi - lo)
+        lengths.append(int(min(max(round(value * scale), 1), max_len)))
+    random.Random(seed).shuffle(lengths)
+    return lengths
