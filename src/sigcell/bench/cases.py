@@ -183,7 +183,7 @@ PRESETS: dict[str, Preset] = {
     "full": Preset(
         "full", "every D, L, padding, causal flag and mode of issue 3 (split it with --d: 10-minute limit)",
         head_dims=(64, 128, 256), seq_lens=(512, 1024, 2048, 4096, 8192, 16384), paddings=(0.0, 0.25, 0.5),
-        causal=(False, True), modes=MODES, providers=("default", "flex"),
+        causal=(False, True), modes=MODES,
     ),
     "cells": Preset(
         "cells", "realistic batches: cell lengths from a real expressed-genes-per-cell distribution, "

@@ -50,6 +50,7 @@ class KernelBenchConfig:
     table: bool = True
     argv: list[str] = field(default_factory=list)
     preset: str | None = None
+    plan_only: bool = False  # --dry-run: no device needed
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -65,7 +66,7 @@ class KernelBenchConfig:
         if self.warmup_ms < 0 or self.rep_ms <= 0:
             msg = f"--warmup-ms must be >= 0 and --rep-ms > 0, got {self.warmup_ms} and {self.rep_ms}"
             raise ValueError(msg)
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
+        if self.device.startswith("cuda") and not torch.cuda.is_available() and not self.plan_only:
             msg = "--device cuda was asked for but torch sees no CUDA device; use --device cpu"
             raise ValueError(msg)
 

@@ -136,7 +136,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str] | None = None):
         modes=tuple(args.modes or preset.modes), dtype=args.dtype, device=device, warmup_ms=args.warmup_ms,
         rep_ms=args.rep_ms, seed=args.seed, matmul=not args.no_matmul, check=not args.no_check,
         time_limit_s=args.time_limit, out=Path(args.out), plot=not args.no_plot, table=not args.no_table,
-        argv=list(sys.argv if argv is None else argv), preset=args.preset,
+        argv=list(sys.argv if argv is None else argv), preset=args.preset, plan_only=args.dry_run,
     )
 
 
