@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -91,6 +91,13 @@ def make_case(
     move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t
     return Case(layout, move(q), move(k), move(v), move(dout), move(lq_t), move(lk_t), causal, move(kb),
                 move(head_bias), move(slopes))
+
+
+def rounded(case: Case, dtype: torch.dtype) -> Case:
+    """The case with q / k / v / dout rounded to ``dtype`` (kept in float64), so that a float64 reference
+    sees exactly the inputs a low-precision run sees."""
+    r = lambda t: t.to(dtype).to(torch.float64)
+    return replace(case, q=r(case.q), k=r(case.k), v=r(case.v), dout=r(case.dout))
 
 
 def run(case: Case, dtype: torch.dtype, fast_sigmoid: bool | None = None):
