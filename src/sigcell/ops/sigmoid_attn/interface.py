@@ -164,18 +164,21 @@ def _triton_forward(q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, le
     out = _new_buffer(q.shape, q.dtype, q.device)
     if out.numel() == 0 or n_seq == 0:
         return out.zero_()
-    cfg = _block_config(q.shape[-1], "fwd")
     span = max_seqlen_q if varlen else rows_q
-    grid = (n_seq * heads, triton_cdiv(span, cfg["BLOCK_M"]))
     dummy = bias
-    sigmoid_attn_fwd_kernel[grid](
-        q, k, v, out, bias, key_bias if key_bias is not None else dummy, slopes if slopes is not None else dummy,
-        start_q, len_q, start_k, len_k,
-        *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
-        *_key_bias_strides(key_bias, varlen),
-        scale, rows_q, heads, heads // k.shape[2],
-        **_common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid), **cfg,
-    )
+
+    def launch(cfg):
+        grid = (n_seq * heads, triton_cdiv(span, cfg["BLOCK_M"]))
+        sigmoid_attn_fwd_kernel[grid](
+            q, k, v, out, bias, key_bias if key_bias is not None else dummy,
+            slopes if slopes is not None else dummy, start_q, len_q, start_k, len_k,
+            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
+            *_key_bias_strides(key_bias, varlen),
+            scale, rows_q, heads, heads // k.shape[2],
+            **_common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid), **cfg,
+        )
+
+    _launch("fwd", q, launch)
     return out
 
 
@@ -189,16 +192,14 @@ def _triton_backward(dout, q, k, v, bias, key_bias, slopes, start_q, len_q, star
     dq = _new_buffer(q.shape, q.dtype, q.device)
     dk = _new_buffer(k.shape, k.dtype, k.device)
     dv = _new_buffer(v.shape, v.dtype, v.device)
-    cfg_kv, cfg_q = _block_config(q.shape[-1], "dkdv"), _block_config(q.shape[-1], "dq")
     span_q = max_seqlen_q if varlen else rows_q
     span_k = max_seqlen_k if varlen else rows_k
-    num_m = triton_cdiv(max(span_q, 1), cfg_q["BLOCK_M"])
-    # Partial sums, reduced below in a fixed order (deterministic): per (b, h, query block) for d bias,
-    # per (kv head, key row) for d key_bias.
-    dbias_part = torch.zeros(n_seq * heads, num_m, dtype=torch.float32, device=q.device)
+    # Partial sums, reduced below in a fixed order (deterministic): per (kv head, key row) for d key_bias,
+    # per (b, h, query block) for d bias.
     dkb_part = None
     if key_bias is not None:
         dkb_part = torch.zeros(kv_heads, *key_bias.shape, dtype=torch.float32, device=q.device)
+    dbias_part = torch.zeros(n_seq * heads, 1, dtype=torch.float32, device=q.device)
     if n_seq and dout.numel():
         flags = _common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid)
         dummy = bias
@@ -207,19 +208,29 @@ def _triton_backward(dout, q, k, v, bias, key_bias, slopes, start_q, len_q, star
         kb_strides = _key_bias_strides(key_bias, varlen)
         dkb_strides = (0, 0, 0) if dkb_part is None else (
             dkb_part.stride(0), 0 if varlen else dkb_part.stride(1), dkb_part.stride(2))
-        sigmoid_attn_bwd_dkdv_kernel[(n_seq * kv_heads, triton_cdiv(span_k, cfg_kv["BLOCK_N"]))](
-            q, k, v, dout, dk, dv, dkb_part if dkb_part is not None else dummy, bias, kb, sl,
-            start_q, len_q, start_k, len_k,
-            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen),
-            *_strides(dk, varlen), *_strides(dv, varlen), *kb_strides, *dkb_strides,
-            scale, rows_k, heads, kv_heads, heads // kv_heads, **flags, **cfg_kv,
-        )
-        sigmoid_attn_bwd_dq_kernel[(n_seq * heads, num_m)](
-            q, k, v, dout, dq, dbias_part, bias, kb, sl, start_q, len_q, start_k, len_k,
-            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen),
-            *_strides(dq, varlen), *kb_strides,
-            scale, rows_q, num_m, heads, heads // kv_heads, **flags, **cfg_q,
-        )
+
+        def launch_dkdv(cfg):
+            sigmoid_attn_bwd_dkdv_kernel[(n_seq * kv_heads, triton_cdiv(span_k, cfg["BLOCK_N"]))](
+                q, k, v, dout, dk, dv, dkb_part if dkb_part is not None else dummy, bias, kb, sl,
+                start_q, len_q, start_k, len_k,
+                *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen),
+                *_strides(dk, varlen), *_strides(dv, varlen), *kb_strides, *dkb_strides,
+                scale, rows_k, heads, kv_heads, heads // kv_heads, **flags, **cfg,
+            )
+
+        def launch_dq(cfg):
+            nonlocal dbias_part
+            num_m = triton_cdiv(max(span_q, 1), cfg["BLOCK_M"])
+            dbias_part = torch.zeros(n_seq * heads, num_m, dtype=torch.float32, device=q.device)
+            sigmoid_attn_bwd_dq_kernel[(n_seq * heads, num_m)](
+                q, k, v, dout, dq, dbias_part, bias, kb, sl, start_q, len_q, start_k, len_k,
+                *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen),
+                *_strides(dq, varlen), *kb_strides,
+                scale, rows_q, num_m, heads, heads // kv_heads, **flags, **cfg,
+            )
+
+        _launch("dkdv", q, launch_dkdv)
+        _launch("dq", q, launch_dq)
     else:
         dq.zero_(), dk.zero_(), dv.zero_()
     dbias = dbias_part.sum(dim=1).view(n_seq, heads)
@@ -229,6 +240,44 @@ def _triton_backward(dout, q, k, v, bias, key_bias, slopes, start_q, len_q, star
 
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+# Configurations that had to shrink to fit this GPU's shared memory, by (kind, padded head dim, dtype).
+_fitted_configs: dict[tuple[str, int, torch.dtype], dict[str, int]] = {}
+
+
+def _shrink(cfg: dict[str, int]) -> dict[str, int] | None:
+    """The next smaller configuration: fewer pipeline stages first, then half the larger block."""
+    cfg = dict(cfg)
+    if cfg["num_stages"] > 1:
+        cfg["num_stages"] -= 1
+    elif max(cfg["BLOCK_M"], cfg["BLOCK_N"]) > 16:
+        key = "BLOCK_M" if cfg["BLOCK_M"] >= cfg["BLOCK_N"] else "BLOCK_N"
+        cfg[key] //= 2
+    else:
+        return None
+    return cfg
+
+
+def _launch(kind: str, q: torch.Tensor, launch) -> None:
+    """Launch with the tuned configuration; where it needs more shared memory than this GPU has (float32,
+    smaller GPUs), shrink it until it fits and remember the result."""
+    from triton.runtime.errors import OutOfResources
+
+    base = _block_config(q.shape[-1], kind)
+    key = (kind, base["BLOCK_D"], q.dtype)
+    cfg = base if kind in _config_override else _fitted_configs.get(key, base)
+    while True:
+        try:
+            launch(cfg)
+        except OutOfResources:
+            cfg = _shrink(cfg)
+            if cfg is None:
+                raise
+            continue
+        if cfg is not base:
+            _fitted_configs[key] = cfg
+        return
 
 
 # ----------------------------------------------------------------------------------------------------
