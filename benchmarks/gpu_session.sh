@@ -10,5 +10,5 @@ fi
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider -n ${GPU_WORKERS:-8} ${GPU_TESTS:-tests/ops/test_gpu.py} 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+timeout ${GPU_TEST_TIMEOUT:-600} python3 -m pytest -q -p no:cacheprovider -n ${GPU_WORKERS:-8} ${GPU_TESTS:-tests/ops/test_gpu.py} 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 for cmd in "$@"; do echo "+ $cmd"; eval "$cmd" 2>&1 | tee -a "$OUT/bench.log"; done

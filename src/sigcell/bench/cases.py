@@ -173,11 +173,11 @@ PRESETS: dict[str, Preset] = {
         tokens=64,
     ),
     "quick": Preset(
-        "quick", "smoke test: D 64, 128 x L 1k, dense and 25 % padding, forward and backward",
+        "quick", "smoke test: D 64, 128 x L 1k, dense and 25 %% padding, forward and backward",
         head_dims=(64, 128), seq_lens=(1024,), paddings=(0.0, 0.25),
     ),
     "paper": Preset(
-        "paper", "the DESIGN.md / TritonSigmoid-paper table: D 64, 128 x L 1k, 4k, 16k, dense and 25 % pad",
+        "paper", "the DESIGN.md / TritonSigmoid-paper table: D 64, 128 x L 1k, 4k, 16k, dense and 25 %% pad",
         head_dims=(64, 128), seq_lens=(1024, 4096, 16384), paddings=(0.0, 0.25),
     ),
     "full": Preset(
