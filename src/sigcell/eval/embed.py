@@ -1,0 +1,218 @@
+"""Cell embeddings from a trained run: ``embed(adata, run)`` writes ``adata.obsm["X_sigcell"]``.
+
+``embed_cells`` is the tensor-level core (tokenized cells in, ``[n_cells, d_model]`` out); it needs
+only torch and numpy, so the GPU train stage of ``sigcell compare`` uses it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["embed", "embed_cells", "tokenizer_of"]
+
+TOKENIZER_FILE = "tokenizer.json"  # written into compare run folders: how their cells were tokenized
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision not in ("auto", "bf16", "fp32"):
+        msg = f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}"
+        raise ValueError(msg)
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def embed_cells(
+    model: torch.nn.Module,
+    cells: Any,
+    *,
+    batch_size: int = 64,
+    layout: str = "padded",
+    pooling: str | None = None,
+    precision: str = "auto",
+) -> np.ndarray:
+    """Embed tokenized cells with a trained model, in the order of ``cells``.
+
+    Parameters
+    ----------
+    model
+        A ``MaskedExpressionModel`` or ``CellEncoder`` (anything with ``.embed(batch, pooling)``);
+        it is run in eval mode on the device of its parameters.
+    cells
+        A cell source of ``sigcell.data`` (``TokenizedCells``, ``Corpus``).
+    batch_size
+        Cells per forward pass.
+    layout
+        ``"padded"`` or ``"packed"`` batches (same numbers up to rounding).
+    pooling
+        ``"cls"`` or ``"mean"``; None uses the model's configured pooling.
+    precision
+        ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"bf16"`` or ``"fp32"``.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``[len(cells), d_model]``; row ``i`` is cell ``i`` of ``cells``.
+    """
+    from sigcell.data.loader import make_dataloader
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        msg = f"batch_size must be a positive integer, got {batch_size!r}"
+        raise ValueError(msg)
+    device = next(model.parameters()).device
+    loader = make_dataloader(cells, batch_size=batch_size, layout=layout, shuffle=False, bucket=False)
+    was_training = model.training
+    model.eval()
+    out: np.ndarray | None = None
+    try:
+        with _autocast(device, precision):
+            for idx in loader.sampler:  # position-indexed, so rows land where the cells are
+                batch = loader.collate(idx).to(device)
+                emb = model.embed(batch, pooling).float().cpu().numpy()
+                if out is None:
+                    out = np.empty((len(cells), emb.shape[1]), dtype=np.float32)
+                out[np.asarray(idx)] = emb
+    finally:
+        model.train(was_training)
+    assert out is not None  # make_dataloader refuses an empty source
+    return out
+
+
+def tokenizer_of(run: Any):
+    """The ``TokenizerConfig`` a run's cells were tokenized with.
+
+    Compare runs store it (``tokenizer.json`` in the run folder); for other runs it is rebuilt from the
+    model config: encoding and bins of the model, ``data.max_genes`` (default 2048), top truncation.
+    """
+    from sigcell.data.tokenize import TokenizerConfig
+    from sigcell.eval._io import read_json
+
+    stored = Path(run.path).parent.parent / TOKENIZER_FILE  # <run>/checkpoints/step_*/ -> <run>/
+    if stored.is_file():
+        return TokenizerConfig(**read_json(stored))
+    m = run.config.model
+    if m.value_encoding not in ("binned", "rank"):
+        msg = (f"the run's model reads value_encoding={m.value_encoding!r}, which sigcell.data cannot "
+               "tokenize; pass tokenizer=TokenizerConfig(...) explicitly")
+        raise ValueError(msg)
+    max_genes = run.config.data.max_genes or TokenizerConfig().max_genes
+    return TokenizerConfig(encoding=m.value_encoding, n_bins=m.n_bins, max_genes=max_genes)
+
+
+def _load_run(model_or_run_dir: Any, device: str | torch.device):
+    from sigcell.train.checkpoint import LoadedRun, load_checkpoint
+
+    if isinstance(model_or_run_dir, LoadedRun):
+        return model_or_run_dir
+    if isinstance(model_or_run_dir, (str, os.PathLike)):
+        return load_checkpoint(model_or_run_dir, device=device)
+    msg = (f"model_or_run_dir must be a run folder path or a LoadedRun (sigcell.train.load_checkpoint), "
+           f"got {type(model_or_run_dir).__name__}; a bare model has no vocabulary: load the run instead")
+    raise TypeError(msg)
+
+
+def embed(
+    adata,
+    model_or_run_dir: Any,
+    *,
+    key_added: str = "X_sigcell",
+    batch_size: int = 64,
+    pooling: str | None = None,
+    tokenizer: Any = None,
+    layer: str | None = None,
+    use_raw: bool = False,
+    gene_col: str | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+    copy: bool = False,
+):
+    """Embed every cell of an AnnData with a pretrained sigcell model (scanpy conventions).
+
+    Genes are matched to the model's vocabulary by identifier; genes it does not know are ignored and
+    counted (a warning says how many). Cells left without any known gene get a row of NaN.
+
+    Parameters
+    ----------
+    adata
+        AnnData with counts (or log-normalized values) in ``X`` / ``layers[layer]`` / ``raw``.
+    model_or_run_dir
+        A run folder written by ``sigcell pretrain`` / ``sigcell compare`` (or one checkpoint folder),
+        or a ``LoadedRun``.
+    key_added
+        ``adata.obsm`` key of the embedding; parameters go to ``adata.uns[key_added]["params"]``.
+    batch_size
+        Cells per forward pass.
+    pooling
+        ``"cls"`` / ``"mean"``; None uses the model's pooling.
+    tokenizer
+        A ``sigcell.data.TokenizerConfig``; None uses the run's (see :func:`tokenizer_of`).
+    layer, use_raw, gene_col
+        Where values and gene identifiers are (see ``sigcell.data.check_adata``).
+    device, precision
+        Where to run the model; ``precision`` as :func:`embed_cells`.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    AnnData | None
+        The copy when ``copy=True``, else None. Shapes: ``obsm[key_added]`` float32 ``[n_obs, d_model]``.
+    """
+    from anndata import AnnData
+
+    from sigcell.data.io import check_adata
+    from sigcell.data.tokenize import tokenize
+    from sigcell.data.vocab import GeneVocab
+
+    if not isinstance(adata, AnnData):
+        msg = f"embed: adata must be an AnnData, got {type(adata).__name__}; read files with anndata.read_h5ad"
+        raise TypeError(msg)
+    if not isinstance(key_added, str) or not key_added:
+        msg = f"embed: key_added must be a non-empty string, got {key_added!r}"
+        raise ValueError(msg)
+    run = _load_run(model_or_run_dir, device)
+    if not isinstance(run.vocab, GeneVocab):
+        msg = (f"the run at {run.path} has no sigcell gene vocabulary (was it pretrained on synthetic cells?); "
+               "embed needs a run trained on tokenized cells (sigcell prepare / sigcell compare)")
+        raise ValueError(msg)
+    config = tokenizer if tokenizer is not None else tokenizer_of(run)
+    checked = check_adata(adata, layer=layer, use_raw=use_raw, gene_col=gene_col, source="embed input")
+    match = run.vocab.match(checked.var_names)
+    if match.n_unknown:
+        warnings.warn(
+            f"embed: {match.n_unknown} of {checked.n_vars} genes are not in the model's vocabulary "
+            f"({run.vocab.n_genes} genes) and were ignored (e.g. {list(match.unknown_examples)[:5]})",
+            UserWarning, stacklevel=2)
+    cells = tokenize(checked, run.vocab, config, empty="drop")
+    emb = np.full((checked.n_obs, run.config.model.d_model), np.nan, dtype=np.float32)
+    if len(cells):
+        emb[cells.cell_index] = embed_cells(run.model, cells, batch_size=batch_size, pooling=pooling,
+                                            precision=precision)
+    n_empty = checked.n_obs - len(cells)
+    if n_empty:
+        warnings.warn(f"embed: {n_empty} cells have no expressed vocabulary gene; their rows are NaN",
+                      UserWarning, stacklevel=2)
+    from sigcell import __version__
+
+    target = adata.copy() if copy else adata
+    target.obsm[key_added] = emb
+    target.uns[key_added] = {"params": {
+        "model": str(run.path),
+        "step": int(run.step),
+        "attention": run.config.model.attention,
+        "pooling": pooling or run.config.model.pooling,
+        "tokenizer": config.to_dict(),
+        "n_genes_used": int(match.n_known),
+        "n_genes_unknown": int(match.n_unknown),
+        "n_cells_without_known_genes": int(n_empty),
+        "sigcell_version": __version__,
+    }}
+    return target if copy else None
