@@ -12,7 +12,8 @@ import importlib
 import sys
 
 # One module per area; each defines ``register(subparsers) -> None``.
-COMMAND_MODULES: tuple[str, ...] = ("sigcell.cli.bench", "sigcell.cli.train", "sigcell.cli.data")
+COMMAND_MODULES: tuple[str, ...] = ("sigcell.cli.bench", "sigcell.cli.train", "sigcell.cli.data",
+                                   "sigcell.cli.eval")
 
 
 class CliError(Exception):
