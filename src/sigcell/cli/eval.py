@@ -144,7 +144,8 @@ def run_embed(args: argparse.Namespace) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     params = adata.uns[args.key]["params"]
-    print(f"wrote {dst}: obsm[{args.key!r}] {adata.obsm[args.key].shape}, {params['n_genes_used']} genes used, "
+    print(f"wrote {dst}: obsm[{args.key!r}] {adata.obsm[args.key].shape}, {params['n_genes_used']} genes "
+          "used, "
           f"{params['n_genes_unknown']} unknown genes ignored, {params['n_cells_without_known_genes']} cells "
           "without a known gene (NaN)", file=sys.stderr)
     return 0

@@ -7,7 +7,8 @@ import numpy as np
 __all__ = ["pca_baseline"]
 
 
-def pca_baseline(adata, *, n_comps: int = 50, n_top_genes: int = 2000, seed: int = 0) -> tuple[np.ndarray, dict]:
+def pca_baseline(adata, *, n_comps: int = 50, n_top_genes: int = 2000,
+                 seed: int = 0) -> tuple[np.ndarray, dict]:
     """PCA embedding of the cells of ``adata`` by the standard scanpy recipe.
 
     ``normalize_total(1e4)`` -> ``log1p`` -> ``highly_variable_genes(n_top_genes, flavor="seurat")``
@@ -31,6 +32,8 @@ def pca_baseline(adata, *, n_comps: int = 50, n_top_genes: int = 2000, seed: int
     (np.ndarray, dict)
         float32 ``[n_cells, n_comps]`` and what was done (genes, components, variance explained).
     """
+    from importlib import metadata
+
     import anndata as ad
     import scanpy as sc
     import scipy.sparse as sp
@@ -54,5 +57,5 @@ def pca_baseline(adata, *, n_comps: int = 50, n_top_genes: int = 2000, seed: int
     params = {"recipe": "normalize_total(1e4) > log1p > highly_variable_genes(seurat) > pca",
               "input_values": info.kind, "n_hvg": int(work.n_vars), "n_comps": comps,
               "variance_ratio_sum": float(np.sum(work.uns["pca"]["variance_ratio"])),
-              "scanpy": sc.__version__}
+              "scanpy": metadata.version("scanpy")}
     return np.asarray(work.obsm["X_pca"], dtype=np.float32), params

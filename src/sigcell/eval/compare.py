@@ -76,7 +76,8 @@ def resolve_plan(runs: Path, manifest: dict, *, preset: str | None, steps: int |
         names = wanted
     stored_path = runs / "plan.json"
     stored = read_json(stored_path) if stored_path.is_file() else None
-    plan = Plan(preset=preset, steps=steps or (stored["steps"] if stored else DEFAULT_STEPS.get(preset, 1000)),
+    default_steps = stored["steps"] if stored else DEFAULT_STEPS.get(preset, 1000)
+    plan = Plan(preset=preset, steps=steps or default_steps,
                 seeds=[int(s) for s in (seeds if seeds is not None else DEFAULT_SEEDS)], datasets=names,
                 attentions=list(ATTENTIONS), overrides=dict(overrides or {}), device=device, threads=threads,
                 embedding_dtype=embedding_dtype,
@@ -215,7 +216,8 @@ def compare(
     result: dict[str, Any] = {"out": str(out), "stages": stages}
     if "prepare" in stages:
         if prepared is not None:
-            msg = "--prepared names existing inputs; the prepare stage writes <out>/prepared (drop --prepared)"
+            msg = ("--prepared names existing inputs; the prepare stage writes <out>/prepared "
+                   "(drop --prepared)")
             raise ValueError(msg)
         _stage_prepare(datasets, out, preset or "tiny", label_col, max_genes, heldout_fraction, max_heldout,
                        progress)

@@ -173,14 +173,15 @@ def embed(
     from sigcell.data.vocab import GeneVocab
 
     if not isinstance(adata, AnnData):
-        msg = f"embed: adata must be an AnnData, got {type(adata).__name__}; read files with anndata.read_h5ad"
+        msg = (f"embed: adata must be an AnnData, got {type(adata).__name__}; read files with "
+               "anndata.read_h5ad")
         raise TypeError(msg)
     if not isinstance(key_added, str) or not key_added:
         msg = f"embed: key_added must be a non-empty string, got {key_added!r}"
         raise ValueError(msg)
     run = _load_run(model_or_run_dir, device)
     if not isinstance(run.vocab, GeneVocab):
-        msg = (f"the run at {run.path} has no sigcell gene vocabulary (was it pretrained on synthetic cells?); "
+        msg = (f"the run at {run.path} has no sigcell gene vocabulary (pretrained on synthetic cells?); "
                "embed needs a run trained on tokenized cells (sigcell prepare / sigcell compare)")
         raise ValueError(msg)
     config = tokenizer if tokenizer is not None else tokenizer_of(run)

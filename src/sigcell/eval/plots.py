@@ -35,7 +35,9 @@ def plot_umaps(panels: list[tuple[str, np.ndarray]], labels: np.ndarray, path: P
     plt = _pyplot()
     types = sorted(set(labels.tolist()))
     cmap = plt.get_cmap("tab20" if len(types) > 10 else "tab10")
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 2.2, 3.6), squeeze=False)
+    legend_w = 0.9 + 0.055 * max(len(t) for t in types)  # inches for the legend column
+    width = 3.4 * len(panels) + legend_w
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.5), squeeze=False)
     for ax, (name, xy) in zip(axes[0], panels, strict=True):
         for i, t in enumerate(types):
             sel = labels == t
@@ -46,7 +48,7 @@ def plot_umaps(panels: list[tuple[str, np.ndarray]], labels: np.ndarray, path: P
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="center right", fontsize=7, markerscale=2.5, frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1 - 2.2 / (3.6 * len(panels) + 2.2), 1))
+    fig.tight_layout(rect=(0, 0, 1 - legend_w / width, 1))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -62,7 +64,7 @@ def plot_val_curves(curves: dict[str, dict[str, list[list[list[float]]]]], path:
     fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.0), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         for attention, seeds in curves[name].items():
-            color = COLORS.get(attention, None)
+            color = COLORS.get(attention)
             for curve in seeds:
                 if curve:
                     c = np.asarray(curve)

@@ -88,13 +88,14 @@ def resolve_datasets(items: list[str] | None, label_col: str | None = None) -> l
         path = Path(item)
         if item.endswith(".h5ad") or path.exists():
             if not path.is_file():
-                msg = f"{item}: no such .h5ad file; pass an existing file or a dataset name {datasets.available()}"
+                msg = (f"{item}: no such .h5ad file; pass an existing file or a dataset name "
+                       f"{datasets.available()}")
                 raise FileNotFoundError(msg)
             out.append(DatasetInput(path.stem, str(path), "file", label_col or "cell_type"))
         elif item in datasets.available():
             labels = datasets.info(item).labels
             if not labels:
-                msg = (f"dataset {item!r} has no cell-type labels, so nothing can be scored; labelled datasets: "
+                msg = (f"dataset {item!r} has no cell-type labels, so nothing can be scored; labelled: "
                        f"{[n for n in datasets.available() if datasets.info(n).labels]}")
                 raise ValueError(msg)
             out.append(DatasetInput(item, item, "dataset", label_col or labels[0]))
@@ -120,8 +121,8 @@ def _load(ds: DatasetInput):
 
         adata = check_adata(datasets.load(ds.source), source=f"dataset {ds.source}")
     if ds.label_col not in adata.obs.columns:
-        msg = (f"{ds.source}: no label column {ds.label_col!r} in obs; columns are {list(adata.obs.columns)}; "
-               "pass --label-col")
+        msg = (f"{ds.source}: no label column {ds.label_col!r} in obs; columns are "
+               f"{list(adata.obs.columns)}; pass --label-col")
         raise ValueError(msg)
     return adata
 
@@ -271,8 +272,8 @@ def read_manifest(prepared: str | os.PathLike) -> dict:
     """The manifest of a prepared directory, with a clear error if it is missing or foreign."""
     path = Path(prepared) / "manifest.json"
     if not path.is_file():
-        msg = (f"{prepared}: no prepared inputs (manifest.json missing); run `sigcell compare --stage prepare "
-               "--out DIR` first (on a machine with anndata/scanpy), then carry DIR/prepared")
+        msg = (f"{prepared}: no prepared inputs (manifest.json missing); run `sigcell compare --stage "
+               "prepare --out DIR` first (on a machine with anndata/scanpy), then carry DIR/prepared")
         raise FileNotFoundError(msg)
     manifest = read_json(path)
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:

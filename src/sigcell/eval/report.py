@@ -109,7 +109,8 @@ def aggregate(data: dict[str, Any]) -> dict[str, Any]:
             stats = {a: {"mean": _mean(v.values()), "std": _std(v.values()), "values": v}
                      for a, v in by_attention.items()}
             m_soft, m_sig = stats["softmax"]["mean"], stats["sigmoid"]["mean"]
-            rel = (m_sig - m_soft) / abs(m_soft) * 100 if m_soft not in (0.0,) and math.isfinite(m_soft) else None
+            usable = math.isfinite(m_soft) and m_soft != 0.0
+            rel = (m_sig - m_soft) / abs(m_soft) * 100 if usable else None
             pca = entry["pca_metrics"].get(info.key) if info.kind != "loss" else None
             if len(ok) >= 2 and wins == len(ok):
                 verdict = "sigmoid better"
@@ -180,7 +181,8 @@ def _figures(data: dict[str, Any], folder: Path, bar=None) -> dict[str, str]:
     curves = {name: {a: [r["result"]["val_curve"] for r in entry["runs"] if r["attention"] == a]
                      for a in data["plan"]["attentions"]} for name, entry in data["datasets"].items()}
     files["val_loss"] = plot_val_curves(curves, folder / "val_loss.png").name
-    times = {name: {a: [r["result"]["timing"]["fwd_bwd_ms_median"] for r in entry["runs"] if r["attention"] == a]
+    times = {name: {a: [r["result"]["timing"]["fwd_bwd_ms_median"]
+                        for r in entry["runs"] if r["attention"] == a]
                     for a in data["plan"]["attentions"]} for name, entry in data["datasets"].items()}
     files["step_time"] = plot_step_times(times, folder / "step_time.png",
                                          "forward + backward (ms)").name
@@ -278,7 +280,7 @@ def _document(data, summary, files, versions, *, command, wall_s) -> Document:
              "↑/↓ says which direction is better), with (seeds where sigmoid is better / paired seeds). The "
              "last column counts datasets where sigmoid is better in every seed / worse in every seed / "
              "mixed.")
-    doc.table(["metric"] + names + ["sigmoid better / worse / mixed"], _summary_rows(summary, names))
+    doc.table(["metric", *names, "sigmoid better / worse / mixed"], _summary_rows(summary, names))
     doc.para(_headline(summary, names))
 
     doc.heading("Metrics per dataset")
@@ -358,7 +360,8 @@ def _document(data, summary, files, versions, *, command, wall_s) -> Document:
              f"Prepared with `{data['manifest']['prepare']}`.")
 
     doc.heading("Versions")
-    train_side = {k: first.get(k) for k in ("torch", "cuda", "triton", "gpu", "device", "python") if first.get(k)}
+    keys = ("torch", "cuda", "triton", "gpu", "device", "python")
+    train_side = {k: first.get(k) for k in keys if first.get(k)}
     doc.para("Training machine: " + ", ".join(f"{k} {v}" for k, v in train_side.items()) + ".")
     doc.para("Report machine: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
     return doc
@@ -370,9 +373,10 @@ def _headline(summary: dict, names: list[str]) -> str:
     rel = [s["relative_change_pct"] for s in asw if s["relative_change_pct"] is not None]
     parts = []
     if rel:
-        parts.append(f"ASW changes by {min(rel):+.1f} % to {max(rel):+.1f} % across datasets (sigmoid better in "
-                     f"every seed on {sum(s['verdict'] == 'sigmoid better' for s in asw)} of {len(names)}, "
-                     f"worse in every seed on {sum(s['verdict'] == 'softmax better' for s in asw)})")
+        better = sum(s["verdict"] == "sigmoid better" for s in asw)
+        worse = sum(s["verdict"] == "softmax better" for s in asw)
+        parts.append(f"ASW changes by {min(rel):+.1f} % to {max(rel):+.1f} % across datasets (sigmoid "
+                     f"better in every seed on {better} of {len(names)}, worse in every seed on {worse})")
     parts.append(f"validation loss is lower with sigmoid in every seed on "
                  f"{sum(s['verdict'] == 'sigmoid better' for s in loss)} of {len(names)} datasets and higher "
                  f"in every seed on {sum(s['verdict'] == 'softmax better' for s in loss)}")
