@@ -13,7 +13,7 @@ import sys
 
 # One module per area; each defines ``register(subparsers) -> None``.
 COMMAND_MODULES: tuple[str, ...] = ("sigcell.cli.bench", "sigcell.cli.train", "sigcell.cli.data",
-                                   "sigcell.cli.eval")
+                                   "sigcell.cli.eval", "sigcell.cli.analysis")
 
 
 class CliError(Exception):
