@@ -130,7 +130,7 @@ def jacobian_metrics(J: torch.Tensor) -> dict[str, float]:
     if J.dim() < 2 or J.shape[-2] != n:
         msg = f"jacobian_metrics: expected square matrices [..., n, n], got shape {tuple(J.shape)}"
         raise ValueError(msg)
-    mats = J.reshape(-1, n, n).double()
+    mats = J.detach().reshape(-1, n, n).double()
     absj = mats.abs()
     diag = torch.diagonal(absj, dim1=-2, dim2=-1)
     off = absj.sum(-1) - diag  # [M, n] per row
@@ -262,6 +262,7 @@ def layer_jacobian_metrics(J: torch.Tensor) -> dict[str, float]:
         msg = f"layer_jacobian_metrics: expected [L, d, L, d], got shape {tuple(J.shape)}"
         raise ValueError(msg)
     L, d = J.shape[:2]
+    J = J.detach()
     absj = J.double().abs()
     per_pair = absj.sum(dim=(1, 3))  # [L_out, L_in]
     diag = torch.diagonal(per_pair).sum()
