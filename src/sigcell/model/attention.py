@@ -16,6 +16,7 @@ Softmax backends
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -31,6 +32,8 @@ try:  # torch >= 2.10
     from torch.nn.attention.varlen import varlen_attn as _varlen_attn
 except ImportError:  # pragma: no cover - older torch
     _varlen_attn = None
+# torch 2.11's varlen_attn has no enable_gqa (2.13's has); without it, GQA repeats the KV heads first.
+_VARLEN_HAS_GQA = _varlen_attn is not None and "enable_gqa" in inspect.signature(_varlen_attn).parameters
 
 __all__ = ["STAT_NAMES", "Attention"]
 
@@ -139,8 +142,14 @@ class Attention(nn.Module):
         if (USE_TORCH_VARLEN and _varlen_attn is not None and q.is_cuda and key_bias is None
                 and q.dtype in (torch.float16, torch.bfloat16) and self.head_dim % 8 == 0):
             m = int(layout.max_seqlen)
-            return _varlen_attn(q, k, v, layout.cu_seqlens, layout.cu_seqlens, m, m, scale=self.scale,
-                                enable_gqa=self.n_kv_heads != self.n_heads)
+            gqa = self.n_kv_heads != self.n_heads
+            if gqa and not _VARLEN_HAS_GQA:
+                group = self.n_heads // self.n_kv_heads
+                k, v = k.repeat_interleave(group, dim=-2), v.repeat_interleave(group, dim=-2)
+                gqa = False
+            extra = {"enable_gqa": gqa} if _VARLEN_HAS_GQA else {}
+            cu = layout.cu_seqlens
+            return _varlen_attn(q, k, v, cu, cu, m, m, scale=self.scale, **extra)
         width = int(layout.max_seqlen)
         pad = lambda t: layout.to_padded(t, width)
         out = self._sdpa_padded(pad(q), pad(k), pad(v), layout.lengths(),

@@ -105,6 +105,10 @@ _CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
     "dq": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (128, 128, 8, 2),
            256: (64, 64, 4, 2)},
 }
+# float32 takes the FMA path ("ieee" products, no tensor cores): small tiles keep shared memory within
+# bounds and compile times short (128 x 128 float32 tiles took minutes to compile on an H200).
+_FP32_CONFIGS: dict[int, tuple[int, int, int, int]] = {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2),
+                                                       128: (32, 32, 4, 2), 256: (32, 32, 4, 1)}
 _config_override: dict[str, tuple[int, int, int, int]] = {}
 
 
@@ -116,12 +120,13 @@ def set_config_override(kind: str, config: tuple[int, int, int, int] | None) -> 
         _config_override[kind] = config
 
 
-def _block_config(head_dim: int, kind: str) -> dict[str, int]:
+def _block_config(head_dim: int, kind: str, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
     """Launch configuration; small blocks under the interpreter, where each program runs in numpy."""
     block_d = max(16, 1 << (head_dim - 1).bit_length())
     if _interpreting():
         return {"BLOCK_D": block_d, "BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
-    block_m, block_n, warps, stages = _config_override.get(kind) or _CONFIGS[kind][block_d]
+    table = _FP32_CONFIGS if dtype == torch.float32 else _CONFIGS[kind]
+    block_m, block_n, warps, stages = _config_override.get(kind) or table[block_d]
     return {"BLOCK_D": block_d, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
 
 
@@ -264,7 +269,7 @@ def _launch(kind: str, q: torch.Tensor, launch) -> None:
     smaller GPUs), shrink it until it fits and remember the result."""
     from triton.runtime.errors import OutOfResources
 
-    base = _block_config(q.shape[-1], kind)
+    base = _block_config(q.shape[-1], kind, q.dtype)
     key = (kind, base["BLOCK_D"], q.dtype)
     cfg = base if kind in _config_override else _fitted_configs.get(key, base)
     while True:
