@@ -40,16 +40,23 @@ def main():
     for spec in args.shapes.split(","):
         d, L = (int(x) for x in spec.split("x"))
         B, H = max(1, 16384 // L), 2048 // d
-        q, k, v = (torch.randn(B, L, H, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        q, k, v = (
+            torch.randn(B, L, H, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
+        )
         do = torch.randn_like(q)
         flops = 4 * B * H * L * L * d
-        providers = {"sigcell": lambda: sigmoid_attn_func(q, k, v)}
+        providers = {"sigcell": lambda q=q, k=k, v=v: sigmoid_attn_func(q, k, v)}
         qt, kt, vt = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
         dot = do.transpose(1, 2).contiguous()
-        for label, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
-            def f(backend=backend):
+        for label, backend in (
+            ("sdpa-flash", SDPBackend.FLASH_ATTENTION),
+            ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
+        ):
+
+            def f(backend=backend, qt=qt, kt=kt, vt=vt):
                 with sdpa_kernel(backend):
                     return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+
             providers[label] = f
         for label, fn in providers.items():
             try:
@@ -63,13 +70,27 @@ def main():
             except Exception as err:  # a backend that does not run on this card / shape
                 print(f"skip {label} D{d} L{L}: {type(err).__name__}: {str(err)[:120]}")
                 continue
-            row = dict(gpu=name, provider=label, D=d, L=L, B=B, H=H, dtype="bf16", fwd_ms=fwd, bwd_ms=bwd,
-                       fwd_tflops=flops / fwd * 1e-9, bwd_tflops=2.5 * flops / bwd * 1e-9, cold_s=cold,
-                       matmul_tflops=mm)
+            row = dict(
+                gpu=name,
+                provider=label,
+                D=d,
+                L=L,
+                B=B,
+                H=H,
+                dtype="bf16",
+                fwd_ms=fwd,
+                bwd_ms=bwd,
+                fwd_tflops=flops / fwd * 1e-9,
+                bwd_tflops=2.5 * flops / bwd * 1e-9,
+                cold_s=cold,
+                matmul_tflops=mm,
+            )
             rows.append(row)
-            print(f"D{d:>3} L{L:>5} {label:<11} fwd {row['fwd_tflops']:6.1f}  bwd {row['bwd_tflops']:6.1f} TFLOPS"
-                  f"  (cold {cold:.1f}s)")
-        del q, k, v, qt, kt, vt, do, dot
+            print(
+                f"D{d:>3} L{L:>5} {label:<11} fwd {row['fwd_tflops']:6.1f}  "
+                f"bwd {row['bwd_tflops']:6.1f} TFLOPS  (cold {cold:.1f}s)"
+            )
+        providers.clear()
         torch.cuda.empty_cache()
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_smoke.json"), "w") as fh:

@@ -17,12 +17,37 @@ from sigcell import sigmoid_attn_func
 from sigcell.ops.sigmoid_attn import interface
 
 CANDIDATES = {
-    "fwd": [(128, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 4, 2),
-            (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2)],
-    "dkdv": [(64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 4, 2), (64, 128, 4, 2), (32, 64, 4, 2), (64, 64, 8, 3),
-             (128, 128, 8, 2), (32, 32, 4, 1)],
-    "dq": [(64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (64, 128, 4, 2), (128, 128, 8, 2), (64, 64, 4, 3),
-           (32, 64, 4, 2), (32, 32, 4, 1)],
+    "fwd": [
+        (128, 64, 4, 3),
+        (128, 64, 8, 2),
+        (128, 64, 8, 3),
+        (128, 128, 8, 2),
+        (128, 128, 4, 2),
+        (64, 64, 4, 3),
+        (64, 128, 4, 3),
+        (128, 32, 4, 3),
+        (64, 32, 4, 2),
+    ],
+    "dkdv": [
+        (64, 64, 4, 2),
+        (64, 128, 8, 2),
+        (32, 128, 4, 2),
+        (64, 128, 4, 2),
+        (32, 64, 4, 2),
+        (64, 64, 8, 3),
+        (128, 128, 8, 2),
+        (32, 32, 4, 1),
+    ],
+    "dq": [
+        (64, 64, 4, 2),
+        (128, 64, 8, 2),
+        (128, 32, 4, 2),
+        (64, 128, 4, 2),
+        (128, 128, 8, 2),
+        (64, 64, 4, 3),
+        (32, 64, 4, 2),
+        (32, 32, 4, 1),
+    ],
 }
 
 
@@ -41,7 +66,9 @@ def main():
     best = {}
     for d in (int(x) for x in args.dims.split(",")):
         B, H = max(1, 16384 // L), 2048 // d
-        q, k, v = (torch.randn(B, L, H, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        q, k, v = (
+            torch.randn(B, L, H, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
+        )
         do = torch.randn_like(q)
         flops = 4 * B * H * L * L * d
         for kind in ("fwd", "dkdv", "dq"):
@@ -50,11 +77,11 @@ def main():
                 interface.set_config_override(kind, cfg)
                 try:
                     if kind == "fwd":
-                        ms = bench(lambda: sigmoid_attn_func(q, k, v))
+                        ms = bench(lambda q=q, k=k, v=v: sigmoid_attn_func(q, k, v))
                         tf = flops / ms * 1e-9
                     else:
                         out = sigmoid_attn_func(q, k, v)
-                        ms = bench(lambda out=out: out.backward(do, retain_graph=True))
+                        ms = bench(lambda out=out, do=do: out.backward(do, retain_graph=True))
                         tf = 2.5 * flops / ms * 1e-9
                 except Exception as err:  # out of shared memory / registers for this config
                     print(f"D{d} {kind} {cfg}: failed ({type(err).__name__}: {str(err)[:80]})")
@@ -62,8 +89,19 @@ def main():
                 finally:
                     interface.set_config_override(kind, None)
                 results.append((ms, cfg))
-                rows.append(dict(gpu=torch.cuda.get_device_name(), D=d, L=L, B=B, H=H, kind=kind, config=cfg,
-                                 ms=ms, tflops=tf))
+                rows.append(
+                    dict(
+                        gpu=torch.cuda.get_device_name(),
+                        D=d,
+                        L=L,
+                        B=B,
+                        H=H,
+                        kind=kind,
+                        config=cfg,
+                        ms=ms,
+                        tflops=tf,
+                    )
+                )
                 print(f"D{d} {kind} {cfg}: {ms:.3f} ms  {tf:.1f} TFLOPS", flush=True)
             if results:
                 ms, cfg = min(results)
@@ -72,7 +110,6 @@ def main():
                 print(f"== D{d} {kind} best {cfg} {ms:.3f} ms")
         for kind in ("fwd", "dkdv", "dq"):
             interface.set_config_override(kind, None)
-        del q, k, v, do
         torch.cuda.empty_cache()
     print("BEST", {f"D{d}-{kind}": cfg for (d, kind), cfg in best.items()})
     os.makedirs(args.out, exist_ok=True)

@@ -89,8 +89,19 @@ def make_case(
     head_bias = {"none": None, "float": -1.5, "tensor": rand(heads) - 2.0}[bias_mode]
     slopes = torch.rand(heads, generator=gen, dtype=torch.float64) * 0.2 if alibi else None
     move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t
-    return Case(layout, move(q), move(k), move(v), move(dout), move(lq_t), move(lk_t), causal, move(kb),
-                move(head_bias), move(slopes))
+    return Case(
+        layout,
+        move(q),
+        move(k),
+        move(v),
+        move(dout),
+        move(lq_t),
+        move(lk_t),
+        causal,
+        move(kb),
+        move(head_bias),
+        move(slopes),
+    )
 
 
 def rounded(case: Case, dtype: torch.dtype) -> Case:
@@ -106,7 +117,11 @@ def run(case: Case, dtype: torch.dtype, fast_sigmoid: bool | None = None):
     grads = (dq, dk, dv, dkey_bias or None, dbias or None).
     """
     leaves = [case.q.to(dtype), case.k.to(dtype), case.v.to(dtype)]
-    kb = case.key_bias.to(torch.float32 if dtype != torch.float64 else dtype) if case.key_bias is not None else None
+    kb = (
+        case.key_bias.to(torch.float32 if dtype != torch.float64 else dtype)
+        if case.key_bias is not None
+        else None
+    )
     hb = case.head_bias
     if isinstance(hb, torch.Tensor):
         hb = hb.to(torch.float32 if dtype != torch.float64 else dtype)
@@ -119,15 +134,22 @@ def run(case: Case, dtype: torch.dtype, fast_sigmoid: bool | None = None):
     slopes = case.alibi.to(torch.float32) if case.alibi is not None else None
     if dtype == torch.float64 and slopes is not None:
         slopes = case.alibi
-    kwargs = dict(causal=case.causal, key_bias=kb, bias=hb, alibi_slopes=slopes, scale=case.scale,
-                  fast_sigmoid=fast_sigmoid)
+    kwargs = dict(
+        causal=case.causal,
+        key_bias=kb,
+        bias=hb,
+        alibi_slopes=slopes,
+        scale=case.scale,
+        fast_sigmoid=fast_sigmoid,
+    )
     if case.layout == "padded":
         out = sigmoid_attn_func(q, k, v, seq_lens_q=case.lens_q, seq_lens_k=case.lens_k, **kwargs)
     else:
         cu_q, cu_k = cu_seqlens_from_lengths(case.lens_q), cu_seqlens_from_lengths(case.lens_k)
         out = sigmoid_attn_varlen_func(q, k, v, cu_q, cu_k, case.max_q, case.max_k, **kwargs)
     grads = torch.autograd.grad(out, tensors, case.dout.to(dtype), allow_unused=False)
-    grads = list(grads[:3]) + [
+    grads = [
+        *grads[:3],
         grads[3] if kb is not None else None,
         grads[-1] if isinstance(hb, torch.Tensor) else None,
     ]

@@ -38,9 +38,18 @@ GRID = list(itertools.product(DTYPES, [False, True], ["padded", "varlen"], [(8, 
 def test_kernels_match_reference(dtype, causal, layout, heads, dim):
     index = GRID.index((dtype, causal, layout, heads, dim))
     case = make_case(
-        5000 + index, layout=layout, batch=4, lq=1000 if causal else 1031, lk=1031 if causal else 977,
-        heads=heads[0], kv_heads=heads[1], dim=dim, causal=causal,
-        bias_mode=("none", "float", "tensor")[index % 3], key_bias=index % 2 == 0, alibi=index % 4 == 1,
+        5000 + index,
+        layout=layout,
+        batch=4,
+        lq=1000 if causal else 1031,
+        lk=1031 if causal else 977,
+        heads=heads[0],
+        kv_heads=heads[1],
+        dim=dim,
+        causal=causal,
+        bias_mode=("none", "float", "tensor")[index % 3],
+        key_bias=index % 2 == 0,
+        alibi=index % 4 == 1,
         device="cuda",
     )
     _check(case, DTYPES[dtype])
@@ -49,31 +58,55 @@ def test_kernels_match_reference(dtype, causal, layout, heads, dim):
 @pytest.mark.parametrize("dim", [16, 40, 80, 96, 128, 160, 192, 256])
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_head_dims(dim, dtype):
-    case = make_case(6000 + dim, batch=3, lq=517, heads=4, kv_heads=2, dim=dim, bias_mode="tensor",
-                     device="cuda")
+    case = make_case(
+        6000 + dim, batch=3, lq=517, heads=4, kv_heads=2, dim=dim, bias_mode="tensor", device="cuda"
+    )
     _check(case, DTYPES[dtype])
 
 
 @pytest.mark.parametrize("layout", ["padded", "varlen"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_long_cells(layout, causal):
-    case = make_case(7000 + causal, layout=layout, lq=16384, lk=16384, lens_q=[16384, 9000],
-                     lens_k=[16384, 9000], heads=2, kv_heads=1, dim=128, causal=causal, device="cuda")
+    case = make_case(
+        7000 + causal,
+        layout=layout,
+        lq=16384,
+        lk=16384,
+        lens_q=[16384, 9000],
+        lens_k=[16384, 9000],
+        heads=2,
+        kv_heads=1,
+        dim=128,
+        causal=causal,
+        device="cuda",
+    )
     _check(case, torch.bfloat16)
 
 
 @pytest.mark.parametrize("layout", ["padded", "varlen"])
 def test_edges(layout):
-    case = make_case(7100, layout=layout, lq=300, lk=300, lens_q=[1, 0, 300, 0, 129],
-                     lens_k=[1, 0, 0, 300, 77], heads=4, kv_heads=1, dim=64, causal=True, device="cuda")
+    case = make_case(
+        7100,
+        layout=layout,
+        lq=300,
+        lk=300,
+        lens_q=[1, 0, 300, 0, 129],
+        lens_k=[1, 0, 0, 300, 77],
+        heads=4,
+        kv_heads=1,
+        dim=64,
+        causal=True,
+        device="cuda",
+    )
     _check(case, torch.float16)
 
 
 @pytest.mark.parametrize("fast_sigmoid", [True, False])
 @pytest.mark.parametrize("logit_scale", [1e4, -1e4])
 def test_extreme_logits(logit_scale, fast_sigmoid):
-    case = rounded(make_case(7200, lq=700, dim=64, logit_scale=logit_scale, causal=True, device="cuda"),
-                   torch.bfloat16)
+    case = rounded(
+        make_case(7200, lq=700, dim=64, logit_scale=logit_scale, causal=True, device="cuda"), torch.bfloat16
+    )
     with interface.poison_outputs():
         out, grads = run(case, torch.bfloat16, fast_sigmoid)
     with interface.plain_pytorch():

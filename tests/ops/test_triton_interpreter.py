@@ -67,8 +67,9 @@ def test_odd_and_large_head_dims(dim):
 @pytest.mark.parametrize("layout", ["padded", "varlen"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_length_one_and_empty_sequences(layout, causal):
-    case = make_case(3000 + causal, layout=layout, lq=5, lk=5, lens_q=[1, 0, 5, 0], lens_k=[1, 0, 0, 5],
-                     causal=causal)
+    case = make_case(
+        3000 + causal, layout=layout, lq=5, lk=5, lens_q=[1, 0, 5, 0], lens_k=[1, 0, 0, 5], causal=causal
+    )
     _check(case, torch.float16)
 
 

@@ -1,4 +1,4 @@
-"""Conversions between padded batches (``[B, L, ...]`` + lengths) and packed ones (``[T, ...]`` + cu_seqlens)."""
+"""Conversions between padded batches (``[B, L, ...]`` + lengths) and packed ones (``[T, ...]`` + offsets)."""
 
 from __future__ import annotations
 

@@ -9,8 +9,10 @@ that use them without graph breaks.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -97,18 +99,38 @@ def _interpreting() -> bool:
 # on an H200 (benchmarks/NOTES.md). Keys: "fwd", "dkdv", "dq".
 _CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
     # BLOCK_D: (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    "fwd": {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3), 128: (128, 32, 4, 3),
-            256: (128, 64, 8, 2)},
+    "fwd": {
+        16: (128, 64, 4, 3),
+        32: (128, 64, 4, 3),
+        64: (128, 64, 4, 3),
+        128: (128, 32, 4, 3),
+        256: (128, 64, 8, 2),
+    },
     # BLOCK_M = 32 at D = 128 gave 3x plain PyTorch's dK error in 16-bit on an H200 (NOTES.md, v2).
-    "dkdv": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (64, 64, 4, 2),
-             256: (32, 32, 4, 1)},
-    "dq": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (128, 128, 8, 2),
-           256: (64, 64, 4, 2)},
+    "dkdv": {
+        16: (64, 64, 4, 2),
+        32: (64, 64, 4, 2),
+        64: (64, 64, 4, 2),
+        128: (64, 64, 4, 2),
+        256: (32, 32, 4, 1),
+    },
+    "dq": {
+        16: (64, 64, 4, 2),
+        32: (64, 64, 4, 2),
+        64: (64, 64, 4, 2),
+        128: (128, 128, 8, 2),
+        256: (64, 64, 4, 2),
+    },
 }
 # float32 takes the FMA path ("ieee" products, no tensor cores): small tiles keep shared memory within
 # bounds and compile times short (128 x 128 float32 tiles took minutes to compile on an H200).
-_FP32_CONFIGS: dict[int, tuple[int, int, int, int]] = {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2),
-                                                       128: (32, 32, 4, 2), 256: (32, 32, 4, 1)}
+_FP32_CONFIGS: dict[int, tuple[int, int, int, int]] = {
+    16: (64, 32, 4, 2),
+    32: (64, 32, 4, 2),
+    64: (64, 32, 4, 2),
+    128: (32, 32, 4, 2),
+    256: (32, 32, 4, 1),
+}
 _config_override: dict[str, tuple[int, int, int, int]] = {}
 
 
@@ -127,7 +149,13 @@ def _block_config(head_dim: int, kind: str, dtype: torch.dtype = torch.bfloat16)
         return {"BLOCK_D": block_d, "BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
     table = _FP32_CONFIGS if dtype == torch.float32 else _CONFIGS[kind]
     block_m, block_n, warps, stages = _config_override.get(kind) or table[block_d]
-    return {"BLOCK_D": block_d, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
+    return {
+        "BLOCK_D": block_d,
+        "BLOCK_M": block_m,
+        "BLOCK_N": block_n,
+        "num_warps": warps,
+        "num_stages": stages,
+    }
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -160,8 +188,23 @@ def _key_bias_strides(key_bias: torch.Tensor | None, varlen: bool) -> tuple[int,
     return (0 if varlen else key_bias.stride(0), key_bias.stride(1))
 
 
-def _triton_forward(q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
-                    max_seqlen_q, fast_sigmoid):
+def _triton_forward(
+    q,
+    k,
+    v,
+    bias,
+    key_bias,
+    slopes,
+    start_q,
+    len_q,
+    start_k,
+    len_k,
+    scale,
+    causal,
+    varlen,
+    max_seqlen_q,
+    fast_sigmoid,
+):
     from sigcell.ops.sigmoid_attn.kernels import sigmoid_attn_fwd_kernel
 
     n_seq, heads = bias.shape
@@ -175,20 +218,53 @@ def _triton_forward(q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, le
     def launch(cfg):
         grid = (n_seq * heads, triton_cdiv(span, cfg["BLOCK_M"]))
         sigmoid_attn_fwd_kernel[grid](
-            q, k, v, out, bias, key_bias if key_bias is not None else dummy,
-            slopes if slopes is not None else dummy, start_q, len_q, start_k, len_k,
-            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
+            q,
+            k,
+            v,
+            out,
+            bias,
+            key_bias if key_bias is not None else dummy,
+            slopes if slopes is not None else dummy,
+            start_q,
+            len_q,
+            start_k,
+            len_k,
+            *_strides(q, varlen),
+            *_strides(k, varlen),
+            *_strides(v, varlen),
+            *_strides(out, varlen),
             *_key_bias_strides(key_bias, varlen),
-            scale, rows_q, heads, heads // k.shape[2],
-            **_common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid), **cfg,
+            scale,
+            rows_q,
+            heads,
+            heads // k.shape[2],
+            **_common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid),
+            **cfg,
         )
 
     _launch("fwd", q, launch)
     return out
 
 
-def _triton_backward(dout, q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
-                     max_seqlen_q, max_seqlen_k, fast_sigmoid):
+def _triton_backward(
+    dout,
+    q,
+    k,
+    v,
+    bias,
+    key_bias,
+    slopes,
+    start_q,
+    len_q,
+    start_k,
+    len_k,
+    scale,
+    causal,
+    varlen,
+    max_seqlen_q,
+    max_seqlen_k,
+    fast_sigmoid,
+):
     from sigcell.ops.sigmoid_attn.kernels import sigmoid_attn_bwd_dkdv_kernel, sigmoid_attn_bwd_dq_kernel
 
     n_seq, heads = bias.shape
@@ -211,16 +287,43 @@ def _triton_backward(dout, q, k, v, bias, key_bias, slopes, start_q, len_q, star
         kb = key_bias if key_bias is not None else dummy
         sl = slopes if slopes is not None else dummy
         kb_strides = _key_bias_strides(key_bias, varlen)
-        dkb_strides = (0, 0, 0) if dkb_part is None else (
-            dkb_part.stride(0), 0 if varlen else dkb_part.stride(1), dkb_part.stride(2))
+        dkb_strides = (
+            (0, 0, 0)
+            if dkb_part is None
+            else (dkb_part.stride(0), 0 if varlen else dkb_part.stride(1), dkb_part.stride(2))
+        )
 
         def launch_dkdv(cfg):
             sigmoid_attn_bwd_dkdv_kernel[(n_seq * kv_heads, triton_cdiv(span_k, cfg["BLOCK_N"]))](
-                q, k, v, dout, dk, dv, dkb_part if dkb_part is not None else dummy, bias, kb, sl,
-                start_q, len_q, start_k, len_k,
-                *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen),
-                *_strides(dk, varlen), *_strides(dv, varlen), *kb_strides, *dkb_strides,
-                scale, rows_k, heads, kv_heads, heads // kv_heads, **flags, **cfg,
+                q,
+                k,
+                v,
+                dout,
+                dk,
+                dv,
+                dkb_part if dkb_part is not None else dummy,
+                bias,
+                kb,
+                sl,
+                start_q,
+                len_q,
+                start_k,
+                len_k,
+                *_strides(q, varlen),
+                *_strides(k, varlen),
+                *_strides(v, varlen),
+                *_strides(dout, varlen),
+                *_strides(dk, varlen),
+                *_strides(dv, varlen),
+                *kb_strides,
+                *dkb_strides,
+                scale,
+                rows_k,
+                heads,
+                kv_heads,
+                heads // kv_heads,
+                **flags,
+                **cfg,
             )
 
         def launch_dq(cfg):
@@ -228,10 +331,32 @@ def _triton_backward(dout, q, k, v, bias, key_bias, slopes, start_q, len_q, star
             num_m = triton_cdiv(max(span_q, 1), cfg["BLOCK_M"])
             dbias_part = torch.zeros(n_seq * heads, num_m, dtype=torch.float32, device=q.device)
             sigmoid_attn_bwd_dq_kernel[(n_seq * heads, num_m)](
-                q, k, v, dout, dq, dbias_part, bias, kb, sl, start_q, len_q, start_k, len_k,
-                *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen),
-                *_strides(dq, varlen), *kb_strides,
-                scale, rows_q, num_m, heads, heads // kv_heads, **flags, **cfg,
+                q,
+                k,
+                v,
+                dout,
+                dq,
+                dbias_part,
+                bias,
+                kb,
+                sl,
+                start_q,
+                len_q,
+                start_k,
+                len_k,
+                *_strides(q, varlen),
+                *_strides(k, varlen),
+                *_strides(v, varlen),
+                *_strides(dout, varlen),
+                *_strides(dq, varlen),
+                *kb_strides,
+                scale,
+                rows_q,
+                num_m,
+                heads,
+                heads // kv_heads,
+                **flags,
+                **cfg,
             )
 
         _launch("dkdv", q, launch_dkdv)
@@ -290,30 +415,65 @@ def _launch(kind: str, q: torch.Tensor, launch) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _naive_forward(q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
-                   max_seqlen_q, max_seqlen_k):
+def _naive_forward(
+    q,
+    k,
+    v,
+    bias,
+    key_bias,
+    slopes,
+    start_q,
+    len_q,
+    start_k,
+    len_k,
+    scale,
+    causal,
+    varlen,
+    max_seqlen_q,
+    max_seqlen_k,
+):
     if not varlen:
         return naive.sigmoid_attn_forward_padded(q, k, v, len_q, len_k, bias, key_bias, slopes, scale, causal)
     cu_q, cu_k = _cu_from_starts(start_q, len_q), _cu_from_starts(start_k, len_k)
-    qp, kp, vp = (unpack_to_padded(t[0], cu, m) for t, cu, m in
-                  ((q, cu_q, max_seqlen_q), (k, cu_k, max_seqlen_k), (v, cu_k, max_seqlen_k)))
+    qp, kp, vp = (
+        unpack_to_padded(t[0], cu, m)
+        for t, cu, m in ((q, cu_q, max_seqlen_q), (k, cu_k, max_seqlen_k), (v, cu_k, max_seqlen_k))
+    )
     kbp = None if key_bias is None else unpack_to_padded(key_bias[0], cu_k, max_seqlen_k)
     out = naive.sigmoid_attn_forward_padded(qp, kp, vp, len_q, len_k, bias, kbp, slopes, scale, causal)
     return pack_padded(out, cu_q).unsqueeze(0)
 
 
-def _naive_backward(dout, q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
-                    max_seqlen_q, max_seqlen_k):
+def _naive_backward(
+    dout,
+    q,
+    k,
+    v,
+    bias,
+    key_bias,
+    slopes,
+    start_q,
+    len_q,
+    start_k,
+    len_k,
+    scale,
+    causal,
+    varlen,
+    max_seqlen_q,
+    max_seqlen_k,
+):
     if not varlen:
         dq, dk, dv, dbias, dkb = naive.sigmoid_attn_backward_padded(
-            dout, q, k, v, len_q, len_k, bias, key_bias, slopes, scale, causal)
+            dout, q, k, v, len_q, len_k, bias, key_bias, slopes, scale, causal
+        )
         return dq, dk, dv, dbias, dkb if key_bias is not None else None
     cu_q, cu_k = _cu_from_starts(start_q, len_q), _cu_from_starts(start_k, len_k)
     pad_q = lambda t: unpack_to_padded(t[0], cu_q, max_seqlen_q)
     pad_k = lambda t: unpack_to_padded(t[0], cu_k, max_seqlen_k)
     kbp = None if key_bias is None else pad_k(key_bias)
     dq, dk, dv, dbias, dkb = naive.sigmoid_attn_backward_padded(
-        pad_q(dout), pad_q(q), pad_k(k), pad_k(v), len_q, len_k, bias, kbp, slopes, scale, causal)
+        pad_q(dout), pad_q(q), pad_k(k), pad_k(v), len_q, len_k, bias, kbp, slopes, scale, causal
+    )
     packed_q = lambda t: pack_padded(t, cu_q).unsqueeze(0)
     packed_k = lambda t: pack_padded(t, cu_k).unsqueeze(0)
     dkb = None if key_bias is None else packed_k(dkb)
@@ -338,46 +498,157 @@ def _cu_from_starts(start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("sigcell::sigmoid_attn_fwd", mutates_args=())
 def _sigmoid_attn_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-    key_bias: torch.Tensor | None, slopes: torch.Tensor | None,
-    start_q: torch.Tensor, len_q: torch.Tensor, start_k: torch.Tensor, len_k: torch.Tensor,
-    scale: float, causal: bool, varlen: bool, max_seqlen_q: int, max_seqlen_k: int, fast_sigmoid: bool,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor,
+    key_bias: torch.Tensor | None,
+    slopes: torch.Tensor | None,
+    start_q: torch.Tensor,
+    len_q: torch.Tensor,
+    start_k: torch.Tensor,
+    len_k: torch.Tensor,
+    scale: float,
+    causal: bool,
+    varlen: bool,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    fast_sigmoid: bool,
 ) -> torch.Tensor:
     if _uses_triton(q):
-        return _triton_forward(q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal,
-                               varlen, max_seqlen_q, fast_sigmoid)
-    return _naive_forward(q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
-                          max_seqlen_q, max_seqlen_k)
+        return _triton_forward(
+            q,
+            k,
+            v,
+            bias,
+            key_bias,
+            slopes,
+            start_q,
+            len_q,
+            start_k,
+            len_k,
+            scale,
+            causal,
+            varlen,
+            max_seqlen_q,
+            fast_sigmoid,
+        )
+    out = _naive_forward(
+        q,
+        k,
+        v,
+        bias,
+        key_bias,
+        slopes,
+        start_q,
+        len_q,
+        start_k,
+        len_k,
+        scale,
+        causal,
+        varlen,
+        max_seqlen_q,
+        max_seqlen_k,
+    )
+    return out.contiguous()  # the fake kernel promises contiguous outputs
 
 
 @_sigmoid_attn_fwd.register_fake
-def _(q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen, max_seqlen_q,
-      max_seqlen_k, fast_sigmoid):
-    return torch.empty_like(q)
+def _(
+    q,
+    k,
+    v,
+    bias,
+    key_bias,
+    slopes,
+    start_q,
+    len_q,
+    start_k,
+    len_k,
+    scale,
+    causal,
+    varlen,
+    max_seqlen_q,
+    max_seqlen_k,
+    fast_sigmoid,
+):
+    return q.new_empty(q.shape)
 
 
 @torch.library.custom_op("sigcell::sigmoid_attn_bwd", mutates_args=())
 def _sigmoid_attn_bwd(
-    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-    key_bias: torch.Tensor | None, slopes: torch.Tensor | None,
-    start_q: torch.Tensor, len_q: torch.Tensor, start_k: torch.Tensor, len_k: torch.Tensor,
-    scale: float, causal: bool, varlen: bool, max_seqlen_q: int, max_seqlen_k: int, fast_sigmoid: bool,
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor,
+    key_bias: torch.Tensor | None,
+    slopes: torch.Tensor | None,
+    start_q: torch.Tensor,
+    len_q: torch.Tensor,
+    start_k: torch.Tensor,
+    len_k: torch.Tensor,
+    scale: float,
+    causal: bool,
+    varlen: bool,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    fast_sigmoid: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    args = (dout, q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
-            max_seqlen_q, max_seqlen_k)
+    args = (
+        dout,
+        q,
+        k,
+        v,
+        bias,
+        key_bias,
+        slopes,
+        start_q,
+        len_q,
+        start_k,
+        len_k,
+        scale,
+        causal,
+        varlen,
+        max_seqlen_q,
+        max_seqlen_k,
+    )
     if _uses_triton(q):
         dq, dk, dv, dbias, dkb = _triton_backward(*args, fast_sigmoid)
     else:
         dq, dk, dv, dbias, dkb = _naive_backward(*args)
     dkb = dkb.to(bias.dtype) if dkb is not None else bias.new_empty(0)
-    return dq, dk, dv, dbias.to(bias.dtype), dkb
+    return (
+        dq.contiguous(),
+        dk.contiguous(),
+        dv.contiguous(),
+        dbias.to(bias.dtype).contiguous(),
+        dkb.contiguous(),
+    )
 
 
 @_sigmoid_attn_bwd.register_fake
-def _(dout, q, k, v, bias, key_bias, slopes, start_q, len_q, start_k, len_k, scale, causal, varlen,
-      max_seqlen_q, max_seqlen_k, fast_sigmoid):
-    dkb = torch.empty_like(key_bias, dtype=bias.dtype) if key_bias is not None else bias.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(bias), dkb
+def _(
+    dout,
+    q,
+    k,
+    v,
+    bias,
+    key_bias,
+    slopes,
+    start_q,
+    len_q,
+    start_k,
+    len_k,
+    scale,
+    causal,
+    varlen,
+    max_seqlen_q,
+    max_seqlen_k,
+    fast_sigmoid,
+):
+    dkb = bias.new_empty(key_bias.shape) if key_bias is not None else bias.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), bias.new_empty(bias.shape), dkb
 
 
 _TENSOR_INPUTS = ("q", "k", "v", "bias", "key_bias", "slopes", "start_q", "len_q", "start_k", "len_k")
@@ -386,15 +657,22 @@ _ATTRS = ("scale", "causal", "varlen", "max_seqlen_q", "max_seqlen_k", "fast_sig
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[: len(_TENSOR_INPUTS)])
-    ctx.attrs = inputs[len(_TENSOR_INPUTS):]
+    ctx.attrs = inputs[len(_TENSOR_INPUTS) :]
     ctx.has_key_bias = inputs[4] is not None
 
 
 def _backward(ctx, dout):
     saved = ctx.saved_tensors
     dq, dk, dv, dbias, dkb = _sigmoid_attn_bwd(dout.contiguous(), *saved, *ctx.attrs)
-    return (dq, dk, dv, dbias, dkb if ctx.has_key_bias else None, *([None] * (len(_TENSOR_INPUTS) - 5)),
-            *([None] * len(_ATTRS)))
+    return (
+        dq,
+        dk,
+        dv,
+        dbias,
+        dkb if ctx.has_key_bias else None,
+        *([None] * (len(_TENSOR_INPUTS) - 5)),
+        *([None] * len(_ATTRS)),
+    )
 
 
 torch.library.register_autograd("sigcell::sigmoid_attn_fwd", _backward, setup_context=_setup_context)
@@ -416,8 +694,10 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rank: int, lay
         if t.dim() != rank:
             _fail(f"{fn}: {name} must have {rank} dimensions {layout}, got shape {tuple(t.shape)}")
     if q.dtype not in (*_FLOAT_DTYPES, torch.float64):
-        _fail(f"{fn}: q has dtype {q.dtype}; supported are bfloat16, float16 and float32 "
-              "(and float64, which runs the plain-PyTorch path); cast the inputs with .to(torch.bfloat16)")
+        _fail(
+            f"{fn}: q has dtype {q.dtype}; supported are bfloat16, float16 and float32 "
+            "(and float64, which runs the plain-PyTorch path); cast the inputs with .to(torch.bfloat16)"
+        )
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             _fail(f"{fn}: q, k and v must share one dtype, got q {q.dtype} and {name} {t.dtype}")
@@ -432,8 +712,10 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rank: int, lay
         _fail(f"{fn}: head dim {dim} is not supported; sigcell supports 1..{MAX_HEAD_DIM}")
     heads, kv_heads = q.shape[-2], k.shape[-2]
     if kv_heads == 0 or heads % kv_heads:
-        _fail(f"{fn}: the number of query heads ({heads}) must be a multiple of the number of KV heads "
-              f"({kv_heads}) for grouped-query attention")
+        _fail(
+            f"{fn}: the number of query heads ({heads}) must be a multiple of the number of KV heads "
+            f"({kv_heads}) for grouped-query attention"
+        )
 
 
 def _check_lengths(name: str, lens: torch.Tensor, batch: int, max_len: int, device, fn: str) -> None:
@@ -445,35 +727,60 @@ def _check_lengths(name: str, lens: torch.Tensor, batch: int, max_len: int, devi
         _fail(f"{fn}: {name} must have shape [{batch}] (one length per sequence), got {tuple(lens.shape)}")
     if lens.device != device:
         _fail(f"{fn}: {name} is on {lens.device} but q is on {device}; move it with .to(q.device)")
-    if _value_checks_enabled() and batch and bool(((lens < 0) | (lens > max_len)).any()):
-        _fail(f"{fn}: {name} must lie in [0, {max_len}], got min {int(lens.min())} and max {int(lens.max())}")
+    if _needs_value_check(lens, max_len):
+        if batch and bool(((lens < 0) | (lens > max_len)).any()):
+            _fail(
+                f"{fn}: {name} must lie in [0, {max_len}], "
+                f"got min {int(lens.min())} and max {int(lens.max())}"
+            )
+        _passed_value_check(lens, max_len)
 
 
 def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, max_seqlen: int, device, fn: str) -> None:
     if not isinstance(cu, torch.Tensor) or cu.dim() != 1 or cu.numel() < 1:
-        _fail(f"{fn}: {name} must be a 1-D int32 tensor of shape [B + 1], got "
-              f"{tuple(cu.shape) if isinstance(cu, torch.Tensor) else type(cu).__name__}")
+        _fail(
+            f"{fn}: {name} must be a 1-D int32 tensor of shape [B + 1], got "
+            f"{tuple(cu.shape) if isinstance(cu, torch.Tensor) else type(cu).__name__}"
+        )
     if cu.dtype != torch.int32:
         _fail(f"{fn}: {name} must have dtype torch.int32, got {cu.dtype}; pass {name}.to(torch.int32)")
     if cu.device != device:
         _fail(f"{fn}: {name} is on {cu.device} but q is on {device}; move it with .to(q.device)")
-    if not _value_checks_enabled():
+    if not _needs_value_check(cu, (total, max_seqlen)):
         return
     values = cu.tolist()
     if values[0] != 0:
         _fail(f"{fn}: {name} must start at 0, got {values[0]}")
-    if any(b < a for a, b in zip(values, values[1:], strict=False)):
+    if any(b < a for a, b in itertools.pairwise(values)):
         _fail(f"{fn}: {name} must be non-decreasing (cumulative offsets), got {values[:8]}...")
     if values[-1] != total:
         _fail(f"{fn}: {name} must end at the number of packed tokens ({total}), got {values[-1]}")
-    longest = max((b - a for a, b in zip(values, values[1:], strict=False)), default=0)
+    longest = max((b - a for a, b in itertools.pairwise(values)), default=0)
     if longest > max_seqlen:
         _fail(f"{fn}: max_seqlen for {name} is {max_seqlen} but the longest sequence has {longest} tokens")
+    _passed_value_check(cu, (total, max_seqlen))
 
 
-def _value_checks_enabled() -> bool:
-    # Checks of values read tensors on the host; skipped while torch.compile traces.
-    return not torch.compiler.is_compiling()
+# Tensors whose values passed a check, with what they were checked against. Checking values reads them
+# on the host (a device sync), so a tensor passed to every layer of a model is read once, not per layer;
+# an in-place change bumps its version and brings the check back.
+# Keyed by id() with a weak reference (tensors compare elementwise, so they cannot be dict keys).
+_checked_values: dict[int, tuple[weakref.ref, tuple]] = {}
+
+
+def _needs_value_check(t: torch.Tensor, against: object) -> bool:
+    """True when ``t``'s values must be checked now (see :func:`_passed_value_check`)."""
+    if torch.compiler.is_compiling():  # values are not available while torch.compile traces
+        return False
+    entry = _checked_values.get(id(t))
+    return entry is None or entry[0]() is not t or entry[1] != (t._version, t.data_ptr(), against)
+
+
+def _passed_value_check(t: torch.Tensor, against: object) -> None:
+    if not torch.compiler.is_compiling():
+        key = id(t)
+        ref = weakref.ref(t, lambda _, key=key: _checked_values.pop(key, None))
+        _checked_values[key] = (ref, (t._version, t.data_ptr(), against))
 
 
 def _param_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -488,15 +795,19 @@ def _head_bias(bias, lens_k: torch.Tensor, heads: int, q: torch.Tensor, fn: str)
         return (-torch.log(lens_k.clamp(min=1).to(dtype))).unsqueeze(1).expand(-1, heads).contiguous()
     if isinstance(bias, torch.Tensor):
         if tuple(bias.shape) != (heads,):
-            _fail(f"{fn}: a tensor bias must have shape [H] = [{heads}] (one per query head), "
-                  f"got {tuple(bias.shape)}; pass a float for one bias shared by all heads")
+            _fail(
+                f"{fn}: a tensor bias must have shape [H] = [{heads}] (one per query head), "
+                f"got {tuple(bias.shape)}; pass a float for one bias shared by all heads"
+            )
         if bias.device != device:
             _fail(f"{fn}: bias is on {bias.device} but q is on {device}")
         return bias.to(dtype).unsqueeze(0).expand(lens_k.numel(), -1).contiguous()
     if isinstance(bias, (int, float)) and math.isfinite(bias):
         return torch.full((lens_k.numel(), heads), float(bias), dtype=dtype, device=device)
-    _fail(f"{fn}: bias must be None (-log of the number of keys), a finite float, or a tensor of shape [H]; "
-          f"got {bias!r}")
+    _fail(
+        f"{fn}: bias must be None (-log of the number of keys), a finite float, or a tensor of shape [H]; "
+        f"got {bias!r}"
+    )
     raise AssertionError  # unreachable
 
 
@@ -506,14 +817,18 @@ def _alibi(slopes, batch: int, heads: int, q: torch.Tensor, fn: str) -> torch.Te
         return None
     if not isinstance(slopes, torch.Tensor) or tuple(slopes.shape) not in ((heads,), (batch, heads)):
         shape = tuple(slopes.shape) if isinstance(slopes, torch.Tensor) else type(slopes).__name__
-        _fail(f"{fn}: alibi_slopes must be a tensor of shape [H] = [{heads}] or [B, H] = [{batch}, {heads}], "
-              f"got {shape}")
+        _fail(
+            f"{fn}: alibi_slopes must be a tensor of shape [H] = [{heads}] or [B, H] = [{batch}, {heads}], "
+            f"got {shape}"
+        )
     if slopes.device != device:
         _fail(f"{fn}: alibi_slopes is on {slopes.device} but q is on {device}")
     return slopes.detach().to(_param_dtype(q.dtype)).expand(batch, heads).contiguous()
 
 
-def _key_bias(key_bias, expected: tuple[int, ...], q: torch.Tensor, fn: str, layout: str) -> torch.Tensor | None:
+def _key_bias(
+    key_bias, expected: tuple[int, ...], q: torch.Tensor, fn: str, layout: str
+) -> torch.Tensor | None:
     device = q.device
     if key_bias is None:
         return None
@@ -561,7 +876,8 @@ def sigmoid_attn_func(
 ) -> torch.Tensor:
     r"""Sigmoid attention on a (right-)padded batch.
 
-    ``out[b, i, h] = sum_j sigmoid(scale * q_i . k_j + bias + key_bias[b, j] - slope_h * |i + Lk - Lq - j|) v_j``
+    ``out[b, i, h] = sum_j sigmoid(s_ij) v_j`` with
+    ``s_ij = scale * q_i . k_j + bias + key_bias[b, j] - slope_h * |i + Lk - Lq - j|``
     over the valid keys ``j < Lk_b`` (and, if causal, ``j <= i + Lk_b - Lq_b``) of sequence ``b``;
     ``Lq_b`` and ``Lk_b`` are the sequence's lengths. Rows of padded queries (``i >= Lq_b``) are exactly 0.
 
@@ -618,12 +934,22 @@ def sigmoid_attn_func(
     lens_k = _dense_lengths("seq_lens_k", seq_lens_k, batch, lk, q.device, fn)
     starts = torch.zeros(batch, dtype=torch.int32, device=q.device)
     return _sigmoid_attn_fwd(
-        q, k, v,
+        q,
+        k,
+        v,
         _head_bias(bias, lens_k, heads, q, fn),
         _key_bias(key_bias, (batch, lk), q, fn, "[B, Lk]"),
         _alibi(alibi_slopes, batch, heads, q, fn),
-        starts, lens_q, starts, lens_k,
-        _resolve_scale(scale, dim, fn), bool(causal), False, lq, lk, _resolve_fast(fast_sigmoid, q.dtype),
+        starts,
+        lens_q,
+        starts,
+        lens_k,
+        _resolve_scale(scale, dim, fn),
+        bool(causal),
+        False,
+        lq,
+        lk,
+        _resolve_fast(fast_sigmoid, q.dtype),
     )
 
 
@@ -685,18 +1011,29 @@ def sigmoid_attn_varlen_func(
     _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, total_q, max_seqlen_q, q.device, fn)
     _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, total_k, max_seqlen_k, q.device, fn)
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
-        _fail(f"{fn}: cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
-              f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}")
+        _fail(
+            f"{fn}: cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
+            f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}"
+        )
     batch = cu_seqlens_q.numel() - 1
     lens_q, lens_k = lengths_from_cu_seqlens(cu_seqlens_q), lengths_from_cu_seqlens(cu_seqlens_k)
     kb = _key_bias(key_bias, (total_k,), q, fn, "[Tk]")
     out = _sigmoid_attn_fwd(
-        q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+        q.unsqueeze(0),
+        k.unsqueeze(0),
+        v.unsqueeze(0),
         _head_bias(bias, lens_k, heads, q, fn),
         None if kb is None else kb.unsqueeze(0),
         _alibi(alibi_slopes, batch, heads, q, fn),
-        cu_seqlens_q[:-1].contiguous(), lens_q, cu_seqlens_k[:-1].contiguous(), lens_k,
-        _resolve_scale(scale, dim, fn), bool(causal), True, int(max_seqlen_q), int(max_seqlen_k),
+        cu_seqlens_q[:-1].contiguous(),
+        lens_q,
+        cu_seqlens_k[:-1].contiguous(),
+        lens_k,
+        _resolve_scale(scale, dim, fn),
+        bool(causal),
+        True,
+        int(max_seqlen_q),
+        int(max_seqlen_k),
         _resolve_fast(fast_sigmoid, q.dtype),
     )
     return out.squeeze(0)

@@ -56,15 +56,29 @@ def _round(x, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
 
 @triton.jit
 def _logits(
-    b_q, b_k, o_m, o_n, shift, scale, bias, slope, KEY_BIAS, key_bias_offset, stride_kbt,
-    MASK_KEYS: tl.constexpr, len_k, HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    b_q,
+    b_k,
+    o_m,
+    o_n,
+    shift,
+    scale,
+    bias,
+    slope,
+    KEY_BIAS,
+    key_bias_offset,
+    stride_kbt,
+    MASK_KEYS: tl.constexpr,
+    len_k,
+    HAS_KEY_BIAS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
 ):
     """Logits ``[BM, BN]`` of one block (no masking)."""
     b_s = _dot(b_q, tl.trans(b_k), DOT_PRECISION, EMULATE_BF16) * scale + bias
     if HAS_KEY_BIAS:
         p_kb = KEY_BIAS + key_bias_offset + o_n * stride_kbt
-        if MASK_KEYS:
+        if MASK_KEYS:  # noqa: SIM108 (constexpr branch: one load per specialization)
             b_kb = tl.load(p_kb, mask=o_n < len_k, other=0.0)
         else:
             b_kb = tl.load(p_kb)
@@ -75,8 +89,17 @@ def _logits(
 
 
 @triton.jit
-def _load_rows(base, o_r, o_d, stride_t, stride_d, n_rows, MASK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
-               BLOCK_D: tl.constexpr):
+def _load_rows(
+    base,
+    o_r,
+    o_d,
+    stride_t,
+    stride_d,
+    n_rows,
+    MASK_ROWS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """Rows ``o_r`` of a [rows, D] slice; rows past ``n_rows`` (and columns past D) read as 0."""
     ptrs = base + o_r[:, None] * stride_t + o_d[None, :] * stride_d
     if MASK_ROWS:
@@ -99,12 +122,34 @@ def _store_rows(base, o_r, o_d, stride_t, stride_d, n_rows, value, HEAD_DIM: tl.
 
 @triton.jit
 def _fwd_step(
-    b_acc, b_q, k_base, v_base, kb_base, j0, o_m, o_d, len_k, shift, scale, bias, slope,
-    stride_kt, stride_kd, stride_vt, stride_vd, stride_kbt,
-    MASK_KEYS: tl.constexpr, MASK_CAUSAL: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    FAST_SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    b_acc,
+    b_q,
+    k_base,
+    v_base,
+    kb_base,
+    j0,
+    o_m,
+    o_d,
+    len_k,
+    shift,
+    scale,
+    bias,
+    slope,
+    stride_kt,
+    stride_kd,
+    stride_vt,
+    stride_vd,
+    stride_kbt,
+    MASK_KEYS: tl.constexpr,
+    MASK_CAUSAL: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_KEY_BIAS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
 ):
     """Add one key block's ``sigmoid(s) v`` to the accumulator.
 
@@ -113,8 +158,25 @@ def _fwd_step(
     o_n = j0 + tl.arange(0, BLOCK_N)
     b_k = _load_rows(k_base, o_n, o_d, stride_kt, stride_kd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
     b_v = _load_rows(v_base, o_n, o_d, stride_vt, stride_vd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
-    b_s = _logits(b_q, b_k, o_m, o_n, shift, scale, bias, slope, kb_base, 0, stride_kbt, MASK_KEYS, len_k,
-                  HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION, EMULATE_BF16)
+    b_s = _logits(
+        b_q,
+        b_k,
+        o_m,
+        o_n,
+        shift,
+        scale,
+        bias,
+        slope,
+        kb_base,
+        0,
+        stride_kbt,
+        MASK_KEYS,
+        len_k,
+        HAS_KEY_BIAS,
+        HAS_ALIBI,
+        DOT_PRECISION,
+        EMULATE_BF16,
+    )
     b_p = _sigmoid(b_s, FAST_SIGMOID)  # [BM, BN]
     if MASK_CAUSAL:
         b_p = tl.where(o_n[None, :] <= o_m[:, None] + shift, b_p, 0.0)
@@ -122,8 +184,9 @@ def _fwd_step(
 
 
 @triton.jit
-def _key_loop_bounds(i_m, len_q, len_k, shift, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     CAUSAL: tl.constexpr):
+def _key_loop_bounds(
+    i_m, len_q, len_k, shift, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr
+):
     """For query block ``i_m``: keys ``[0, full)`` come in whole blocks that every row may see (no masks);
     keys ``[full, hi)`` need masks (the last partial block, the causal diagonal). Both are 0 for a block
     of padding rows."""
@@ -140,16 +203,49 @@ def _key_loop_bounds(i_m, len_q, len_k, shift, BLOCK_M: tl.constexpr, BLOCK_N: t
 
 @triton.jit
 def sigmoid_attn_fwd_kernel(
-    Q, K, V, O, BIAS, KEY_BIAS, SLOPES, START_Q, LEN_Q, START_K, LEN_K,
-    stride_qb, stride_qt, stride_qh, stride_qd,
-    stride_kb, stride_kt, stride_kh, stride_kd,
-    stride_vb, stride_vt, stride_vh, stride_vd,
-    stride_ob, stride_ot, stride_oh, stride_od,
-    stride_kbb, stride_kbt,
-    scale, rows_q, H: tl.constexpr, GROUP: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    STORE_ALL_ROWS: tl.constexpr, FAST_SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    Q,
+    K,
+    V,
+    O,
+    BIAS,
+    KEY_BIAS,
+    SLOPES,
+    START_Q,
+    LEN_Q,
+    START_K,
+    LEN_K,
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_qd,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_kd,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_vd,
+    stride_ob,
+    stride_ot,
+    stride_oh,
+    stride_od,
+    stride_kbb,
+    stride_kbt,
+    scale,
+    rows_q,
+    H: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_KEY_BIAS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    STORE_ALL_ROWS: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
 ):
     """One program per (sequence, head, query block)."""
@@ -177,31 +273,115 @@ def sigmoid_attn_fwd_kernel(
     full, hi = _key_loop_bounds(i_m, len_q, len_k, shift, BLOCK_M, BLOCK_N, CAUSAL)
     for j0 in range(0, full, BLOCK_N):
         b_acc = _fwd_step(
-            b_acc, b_q, k_base, v_base, kb_base, j0, o_m, o_d, len_k, shift, scale, bias, slope,
-            stride_kt, stride_kd, stride_vt, stride_vd, stride_kbt, False, False,
-            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
+            b_acc,
+            b_q,
+            k_base,
+            v_base,
+            kb_base,
+            j0,
+            o_m,
+            o_d,
+            len_k,
+            shift,
+            scale,
+            bias,
+            slope,
+            stride_kt,
+            stride_kd,
+            stride_vt,
+            stride_vd,
+            stride_kbt,
+            False,
+            False,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_N,
+            HAS_KEY_BIAS,
+            HAS_ALIBI,
+            FAST_SIGMOID,
+            DOT_PRECISION,
+            EMULATE_BF16,
         )
     for j0 in range(full, hi, BLOCK_N):
         b_acc = _fwd_step(
-            b_acc, b_q, k_base, v_base, kb_base, j0, o_m, o_d, len_k, shift, scale, bias, slope,
-            stride_kt, stride_kd, stride_vt, stride_vd, stride_kbt, True, CAUSAL,
-            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
+            b_acc,
+            b_q,
+            k_base,
+            v_base,
+            kb_base,
+            j0,
+            o_m,
+            o_d,
+            len_k,
+            shift,
+            scale,
+            bias,
+            slope,
+            stride_kt,
+            stride_kd,
+            stride_vt,
+            stride_vd,
+            stride_kbt,
+            True,
+            CAUSAL,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_N,
+            HAS_KEY_BIAS,
+            HAS_ALIBI,
+            FAST_SIGMOID,
+            DOT_PRECISION,
+            EMULATE_BF16,
         )
     # Padded query rows saw unmasked keys above; their output is defined as exactly 0.
     b_acc = tl.where((o_m < len_q)[:, None], b_acc, 0.0)
     o_base = O + i_b * stride_ob + i_h * stride_oh + start_q * stride_ot
-    _store_rows(o_base, o_m, o_d, stride_ot, stride_od, store_rows, _round(b_acc, O.dtype.element_ty, EMULATE_BF16),
-                HEAD_DIM)
+    _store_rows(
+        o_base,
+        o_m,
+        o_d,
+        stride_ot,
+        stride_od,
+        store_rows,
+        _round(b_acc, O.dtype.element_ty, EMULATE_BF16),
+        HEAD_DIM,
+    )
 
 
 @triton.jit
 def _dkdv_step(
-    b_dk, b_dv, b_dkb, b_k, b_v, q_base, do_base, m0, o_n, o_d, len_q, len_k, shift, scale, bias, slope,
-    kb_base, stride_qt, stride_qd, stride_dot, stride_dod, stride_kbt,
-    MASK_ROWS: tl.constexpr, MASK_CAUSAL: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    FAST_SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    b_dk,
+    b_dv,
+    b_dkb,
+    b_k,
+    b_v,
+    q_base,
+    do_base,
+    m0,
+    o_n,
+    o_d,
+    len_q,
+    len_k,
+    shift,
+    scale,
+    bias,
+    slope,
+    kb_base,
+    stride_qt,
+    stride_qd,
+    stride_dot,
+    stride_dod,
+    stride_kbt,
+    MASK_ROWS: tl.constexpr,
+    MASK_CAUSAL: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    HAS_KEY_BIAS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
 ):
     """Add one query block's contribution to dK, dV and the per-key sums of dS.
 
@@ -210,8 +390,25 @@ def _dkdv_step(
     o_m = m0 + tl.arange(0, BLOCK_M)
     b_q = _load_rows(q_base, o_m, o_d, stride_qt, stride_qd, len_q, MASK_ROWS, HEAD_DIM, BLOCK_D)
     b_do = _load_rows(do_base, o_m, o_d, stride_dot, stride_dod, len_q, MASK_ROWS, HEAD_DIM, BLOCK_D)
-    b_s = _logits(b_q, b_k, o_m, o_n, shift, scale, bias, slope, kb_base, 0, stride_kbt, True, len_k,
-                  HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION, EMULATE_BF16)
+    b_s = _logits(
+        b_q,
+        b_k,
+        o_m,
+        o_n,
+        shift,
+        scale,
+        bias,
+        slope,
+        kb_base,
+        0,
+        stride_kbt,
+        True,
+        len_k,
+        HAS_KEY_BIAS,
+        HAS_ALIBI,
+        DOT_PRECISION,
+        EMULATE_BF16,
+    )
     b_p = _sigmoid(b_s, FAST_SIGMOID)  # [BM, BN]
     if MASK_CAUSAL:
         b_p = tl.where(o_n[None, :] <= o_m[:, None] + shift, b_p, 0.0)
@@ -225,19 +422,64 @@ def _dkdv_step(
 
 @triton.jit
 def sigmoid_attn_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, DKB, BIAS, KEY_BIAS, SLOPES, START_Q, LEN_Q, START_K, LEN_K,
-    stride_qb, stride_qt, stride_qh, stride_qd,
-    stride_kb, stride_kt, stride_kh, stride_kd,
-    stride_vb, stride_vt, stride_vh, stride_vd,
-    stride_dob, stride_dot, stride_doh, stride_dod,
-    stride_dkb, stride_dkt, stride_dkh, stride_dkd,
-    stride_dvb, stride_dvt, stride_dvh, stride_dvd,
-    stride_kbb, stride_kbt,
-    stride_dkbh, stride_dkbb, stride_dkbt,
-    scale, rows_k, H: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    STORE_ALL_ROWS: tl.constexpr, FAST_SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    Q,
+    K,
+    V,
+    DO,
+    DK,
+    DV,
+    DKB,
+    BIAS,
+    KEY_BIAS,
+    SLOPES,
+    START_Q,
+    LEN_Q,
+    START_K,
+    LEN_K,
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_qd,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_kd,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_vd,
+    stride_dob,
+    stride_dot,
+    stride_doh,
+    stride_dod,
+    stride_dkb,
+    stride_dkt,
+    stride_dkh,
+    stride_dkd,
+    stride_dvb,
+    stride_dvt,
+    stride_dvh,
+    stride_dvd,
+    stride_kbb,
+    stride_kbt,
+    stride_dkbh,
+    stride_dkbb,
+    stride_dkbt,
+    scale,
+    rows_k,
+    H: tl.constexpr,
+    HKV: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_KEY_BIAS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    STORE_ALL_ROWS: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
 ):
     """One program per (sequence, KV head, key block): dK, dV and the per-key sum of dS for its group.
@@ -256,10 +498,28 @@ def sigmoid_attn_bwd_dkdv_kernel(
 
     o_n = n0 + tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
-    b_k = _load_rows(K + i_b * stride_kb + i_hk * stride_kh + start_k * stride_kt, o_n, o_d, stride_kt, stride_kd,
-                     len_k, True, HEAD_DIM, BLOCK_D)  # [BN, BD]
-    b_v = _load_rows(V + i_b * stride_vb + i_hk * stride_vh + start_k * stride_vt, o_n, o_d, stride_vt, stride_vd,
-                     len_k, True, HEAD_DIM, BLOCK_D)
+    b_k = _load_rows(
+        K + i_b * stride_kb + i_hk * stride_kh + start_k * stride_kt,
+        o_n,
+        o_d,
+        stride_kt,
+        stride_kd,
+        len_k,
+        True,
+        HEAD_DIM,
+        BLOCK_D,
+    )  # [BN, BD]
+    b_v = _load_rows(
+        V + i_b * stride_vb + i_hk * stride_vh + start_k * stride_vt,
+        o_n,
+        o_d,
+        stride_vt,
+        stride_vd,
+        len_k,
+        True,
+        HEAD_DIM,
+        BLOCK_D,
+    )
     kb_base = KEY_BIAS + i_b * stride_kbb + start_k * stride_kbt
 
     b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -284,21 +544,108 @@ def sigmoid_attn_bwd_dkdv_kernel(
         do_base = DO + i_b * stride_dob + i_h * stride_doh + start_q * stride_dot
         for m0 in range(lo, diag_end, BLOCK_M):
             b_dk, b_dv, b_dkb = _dkdv_step(
-                b_dk, b_dv, b_dkb, b_k, b_v, q_base, do_base, m0, o_n, o_d, len_q, len_k, shift, scale, bias,
-                slope, kb_base, stride_qt, stride_qd, stride_dot, stride_dod, stride_kbt, False, True,
-                HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
+                b_dk,
+                b_dv,
+                b_dkb,
+                b_k,
+                b_v,
+                q_base,
+                do_base,
+                m0,
+                o_n,
+                o_d,
+                len_q,
+                len_k,
+                shift,
+                scale,
+                bias,
+                slope,
+                kb_base,
+                stride_qt,
+                stride_qd,
+                stride_dot,
+                stride_dod,
+                stride_kbt,
+                False,
+                True,
+                HEAD_DIM,
+                BLOCK_D,
+                BLOCK_M,
+                HAS_KEY_BIAS,
+                HAS_ALIBI,
+                FAST_SIGMOID,
+                DOT_PRECISION,
+                EMULATE_BF16,
             )
         for m0 in range(tl.maximum(diag_end, lo), rows_end, BLOCK_M):
             b_dk, b_dv, b_dkb = _dkdv_step(
-                b_dk, b_dv, b_dkb, b_k, b_v, q_base, do_base, m0, o_n, o_d, len_q, len_k, shift, scale, bias,
-                slope, kb_base, stride_qt, stride_qd, stride_dot, stride_dod, stride_kbt, False, False,
-                HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
+                b_dk,
+                b_dv,
+                b_dkb,
+                b_k,
+                b_v,
+                q_base,
+                do_base,
+                m0,
+                o_n,
+                o_d,
+                len_q,
+                len_k,
+                shift,
+                scale,
+                bias,
+                slope,
+                kb_base,
+                stride_qt,
+                stride_qd,
+                stride_dot,
+                stride_dod,
+                stride_kbt,
+                False,
+                False,
+                HEAD_DIM,
+                BLOCK_D,
+                BLOCK_M,
+                HAS_KEY_BIAS,
+                HAS_ALIBI,
+                FAST_SIGMOID,
+                DOT_PRECISION,
+                EMULATE_BF16,
             )
         for m0 in range(tail_start, q_end, BLOCK_M):
             b_dk, b_dv, b_dkb = _dkdv_step(
-                b_dk, b_dv, b_dkb, b_k, b_v, q_base, do_base, m0, o_n, o_d, len_q, len_k, shift, scale, bias,
-                slope, kb_base, stride_qt, stride_qd, stride_dot, stride_dod, stride_kbt, True, CAUSAL,
-                HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
+                b_dk,
+                b_dv,
+                b_dkb,
+                b_k,
+                b_v,
+                q_base,
+                do_base,
+                m0,
+                o_n,
+                o_d,
+                len_q,
+                len_k,
+                shift,
+                scale,
+                bias,
+                slope,
+                kb_base,
+                stride_qt,
+                stride_qd,
+                stride_dot,
+                stride_dod,
+                stride_kbt,
+                True,
+                CAUSAL,
+                HEAD_DIM,
+                BLOCK_D,
+                BLOCK_M,
+                HAS_KEY_BIAS,
+                HAS_ALIBI,
+                FAST_SIGMOID,
+                DOT_PRECISION,
+                EMULATE_BF16,
             )
 
     # Padded keys (zero rows of K and V) still got p^T dO above; their gradients are defined as 0.
@@ -306,10 +653,26 @@ def sigmoid_attn_bwd_dkdv_kernel(
     b_dv = tl.where(m_key, b_dv, 0.0)
     dk_base = DK + i_b * stride_dkb + i_hk * stride_dkh + start_k * stride_dkt
     dv_base = DV + i_b * stride_dvb + i_hk * stride_dvh + start_k * stride_dvt
-    _store_rows(dk_base, o_n, o_d, stride_dkt, stride_dkd, store_rows,
-                _round(b_dk * scale, DK.dtype.element_ty, EMULATE_BF16), HEAD_DIM)
-    _store_rows(dv_base, o_n, o_d, stride_dvt, stride_dvd, store_rows,
-                _round(b_dv, DV.dtype.element_ty, EMULATE_BF16), HEAD_DIM)
+    _store_rows(
+        dk_base,
+        o_n,
+        o_d,
+        stride_dkt,
+        stride_dkd,
+        store_rows,
+        _round(b_dk * scale, DK.dtype.element_ty, EMULATE_BF16),
+        HEAD_DIM,
+    )
+    _store_rows(
+        dv_base,
+        o_n,
+        o_d,
+        stride_dvt,
+        stride_dvd,
+        store_rows,
+        _round(b_dv, DV.dtype.element_ty, EMULATE_BF16),
+        HEAD_DIM,
+    )
     if HAS_KEY_BIAS:
         p_dkb = DKB + i_hk * stride_dkbh + i_b * stride_dkbb + (start_k + o_n) * stride_dkbt
         tl.store(p_dkb, b_dkb, mask=o_n < store_rows)
@@ -317,20 +680,61 @@ def sigmoid_attn_bwd_dkdv_kernel(
 
 @triton.jit
 def _dq_step(
-    b_dq, b_dbias, b_q, b_do, k_base, v_base, kb_base, j0, o_m, o_d, len_k, shift, scale, bias, slope,
-    stride_kt, stride_kd, stride_vt, stride_vd, stride_kbt,
-    MASK_KEYS: tl.constexpr, MASK_CAUSAL: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    FAST_SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    b_dq,
+    b_dbias,
+    b_q,
+    b_do,
+    k_base,
+    v_base,
+    kb_base,
+    j0,
+    o_m,
+    o_d,
+    len_k,
+    shift,
+    scale,
+    bias,
+    slope,
+    stride_kt,
+    stride_kd,
+    stride_vt,
+    stride_vd,
+    stride_kbt,
+    MASK_KEYS: tl.constexpr,
+    MASK_CAUSAL: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_KEY_BIAS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
 ):
     """Add one key block's ``dS k`` to dQ and its row sums of dS (zero rows of V give dS = 0 for
     padded keys)."""
     o_n = j0 + tl.arange(0, BLOCK_N)
     b_k = _load_rows(k_base, o_n, o_d, stride_kt, stride_kd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
     b_v = _load_rows(v_base, o_n, o_d, stride_vt, stride_vd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
-    b_s = _logits(b_q, b_k, o_m, o_n, shift, scale, bias, slope, kb_base, 0, stride_kbt, MASK_KEYS, len_k,
-                  HAS_KEY_BIAS, HAS_ALIBI, DOT_PRECISION, EMULATE_BF16)
+    b_s = _logits(
+        b_q,
+        b_k,
+        o_m,
+        o_n,
+        shift,
+        scale,
+        bias,
+        slope,
+        kb_base,
+        0,
+        stride_kbt,
+        MASK_KEYS,
+        len_k,
+        HAS_KEY_BIAS,
+        HAS_ALIBI,
+        DOT_PRECISION,
+        EMULATE_BF16,
+    )
     b_p = _sigmoid(b_s, FAST_SIGMOID)
     if MASK_CAUSAL:
         b_p = tl.where(o_n[None, :] <= o_m[:, None] + shift, b_p, 0.0)
@@ -343,17 +747,56 @@ def _dq_step(
 
 @triton.jit
 def sigmoid_attn_bwd_dq_kernel(
-    Q, K, V, DO, DQ, DBIAS, BIAS, KEY_BIAS, SLOPES, START_Q, LEN_Q, START_K, LEN_K,
-    stride_qb, stride_qt, stride_qh, stride_qd,
-    stride_kb, stride_kt, stride_kh, stride_kd,
-    stride_vb, stride_vt, stride_vh, stride_vd,
-    stride_dob, stride_dot, stride_doh, stride_dod,
-    stride_dqb, stride_dqt, stride_dqh, stride_dqd,
-    stride_kbb, stride_kbt,
-    scale, rows_q, num_m_blocks, H: tl.constexpr, GROUP: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_KEY_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    STORE_ALL_ROWS: tl.constexpr, FAST_SIGMOID: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    Q,
+    K,
+    V,
+    DO,
+    DQ,
+    DBIAS,
+    BIAS,
+    KEY_BIAS,
+    SLOPES,
+    START_Q,
+    LEN_Q,
+    START_K,
+    LEN_K,
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_qd,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_kd,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_vd,
+    stride_dob,
+    stride_dot,
+    stride_doh,
+    stride_dod,
+    stride_dqb,
+    stride_dqt,
+    stride_dqh,
+    stride_dqd,
+    stride_kbb,
+    stride_kbt,
+    scale,
+    rows_q,
+    num_m_blocks,
+    H: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_KEY_BIAS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    STORE_ALL_ROWS: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
 ):
     """One program per (sequence, head, query block): dQ and the block's sum of dS (for d bias)."""
@@ -371,10 +814,28 @@ def sigmoid_attn_bwd_dq_kernel(
 
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
-    b_q = _load_rows(Q + i_b * stride_qb + i_h * stride_qh + start_q * stride_qt, o_m, o_d, stride_qt, stride_qd,
-                     len_q, True, HEAD_DIM, BLOCK_D)  # [BM, BD]
-    b_do = _load_rows(DO + i_b * stride_dob + i_h * stride_doh + start_q * stride_dot, o_m, o_d, stride_dot,
-                      stride_dod, len_q, True, HEAD_DIM, BLOCK_D)
+    b_q = _load_rows(
+        Q + i_b * stride_qb + i_h * stride_qh + start_q * stride_qt,
+        o_m,
+        o_d,
+        stride_qt,
+        stride_qd,
+        len_q,
+        True,
+        HEAD_DIM,
+        BLOCK_D,
+    )  # [BM, BD]
+    b_do = _load_rows(
+        DO + i_b * stride_dob + i_h * stride_doh + start_q * stride_dot,
+        o_m,
+        o_d,
+        stride_dot,
+        stride_dod,
+        len_q,
+        True,
+        HEAD_DIM,
+        BLOCK_D,
+    )
     k_base = K + i_b * stride_kb + i_hk * stride_kh + start_k * stride_kt
     v_base = V + i_b * stride_vb + i_hk * stride_vh + start_k * stride_vt
     kb_base = KEY_BIAS + i_b * stride_kbb + start_k * stride_kbt
@@ -384,18 +845,80 @@ def sigmoid_attn_bwd_dq_kernel(
     full, hi = _key_loop_bounds(i_m, len_q, len_k, shift, BLOCK_M, BLOCK_N, CAUSAL)
     for j0 in range(0, full, BLOCK_N):
         b_dq, b_dbias = _dq_step(
-            b_dq, b_dbias, b_q, b_do, k_base, v_base, kb_base, j0, o_m, o_d, len_k, shift, scale, bias, slope,
-            stride_kt, stride_kd, stride_vt, stride_vd, stride_kbt, False, False,
-            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
+            b_dq,
+            b_dbias,
+            b_q,
+            b_do,
+            k_base,
+            v_base,
+            kb_base,
+            j0,
+            o_m,
+            o_d,
+            len_k,
+            shift,
+            scale,
+            bias,
+            slope,
+            stride_kt,
+            stride_kd,
+            stride_vt,
+            stride_vd,
+            stride_kbt,
+            False,
+            False,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_N,
+            HAS_KEY_BIAS,
+            HAS_ALIBI,
+            FAST_SIGMOID,
+            DOT_PRECISION,
+            EMULATE_BF16,
         )
     for j0 in range(full, hi, BLOCK_N):
         b_dq, b_dbias = _dq_step(
-            b_dq, b_dbias, b_q, b_do, k_base, v_base, kb_base, j0, o_m, o_d, len_k, shift, scale, bias, slope,
-            stride_kt, stride_kd, stride_vt, stride_vd, stride_kbt, True, CAUSAL,
-            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_BIAS, HAS_ALIBI, FAST_SIGMOID, DOT_PRECISION, EMULATE_BF16,
+            b_dq,
+            b_dbias,
+            b_q,
+            b_do,
+            k_base,
+            v_base,
+            kb_base,
+            j0,
+            o_m,
+            o_d,
+            len_k,
+            shift,
+            scale,
+            bias,
+            slope,
+            stride_kt,
+            stride_kd,
+            stride_vt,
+            stride_vd,
+            stride_kbt,
+            True,
+            CAUSAL,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_N,
+            HAS_KEY_BIAS,
+            HAS_ALIBI,
+            FAST_SIGMOID,
+            DOT_PRECISION,
+            EMULATE_BF16,
         )
 
     dq_base = DQ + i_b * stride_dqb + i_h * stride_dqh + start_q * stride_dqt
-    _store_rows(dq_base, o_m, o_d, stride_dqt, stride_dqd, store_rows,
-                _round(b_dq * scale, DQ.dtype.element_ty, EMULATE_BF16), HEAD_DIM)
+    _store_rows(
+        dq_base,
+        o_m,
+        o_d,
+        stride_dqt,
+        stride_dqd,
+        store_rows,
+        _round(b_dq * scale, DQ.dtype.element_ty, EMULATE_BF16),
+        HEAD_DIM,
+    )
     tl.store(DBIAS + i_bh * num_m_blocks + i_m, tl.sum(b_dbias, axis=0))

@@ -83,7 +83,11 @@ def _prepare(
     valid_q = torch.arange(lq, device=q.device).view(1, -1) < lens_q.view(-1, 1)
     valid_k = torch.arange(lk, device=q.device).view(1, -1) < lens_k.view(-1, 1)
     # Padding may hold anything (even NaN); zero it so that 0 * padding stays 0.
-    q = torch.where(valid_q[..., None, None], q, 0).permute(0, 2, 1, 3).reshape(batch, kv_heads, group, lq, dim)
+    q = (
+        torch.where(valid_q[..., None, None], q, 0)
+        .permute(0, 2, 1, 3)
+        .reshape(batch, kv_heads, group, lq, dim)
+    )
     k = torch.where(valid_k[..., None, None], k, 0).permute(0, 2, 1, 3)
     v = torch.where(valid_k[..., None, None], v, 0).permute(0, 2, 1, 3)
     as_heads = lambda t: t.to(acc_dtype).reshape(batch, kv_heads, group, 1, 1)
@@ -157,7 +161,7 @@ def sigmoid_attn_backward_padded(
     ``[B, Lk]`` (float32 / float64; zeros past each length).
     """
     batch, lq, heads, dim = q.shape
-    lk, kv_heads = k.shape[1], k.shape[2]
+    lk = k.shape[1]
     problem, qh, kh, vh = _prepare(q, k, v, lens_q, lens_k, bias, key_bias, slopes, scale, causal)
     acc = problem.acc_dtype
     valid_q = torch.arange(lq, device=q.device).view(1, -1) < problem.lens_q.view(-1, 1)
