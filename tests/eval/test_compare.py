@@ -27,7 +27,7 @@ def test_report_has_every_metric_model_and_figure(tiny_compare):
     for info in METRICS:
         assert info.name in md and info.name in html
     for word in ("softmax", "sigmoid", "PCA", "Δ sigmoid vs softmax", "scib-metrics",
-                 "mean ± standard deviation"):
+                 "± standard deviation over seeds"):
         assert word in md
     images = [line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
     assert {"umap_toy.png", "val_loss.png", "step_time.png"} <= set(images)
@@ -96,7 +96,10 @@ def test_embed_round_trips_an_h5ad(tiny_compare, tmp_path, capsys):
     np.testing.assert_array_equal(back.obsm["X_other"], adata.obsm["X_other"])
     assert back.uns["note"] == "keep me" and list(back.obs_names) == list(adata.obs_names)
     params = back.uns["X_sigcell"]["params"]
-    assert params["attention"] == "sigmoid" and params["n_genes_unknown"] == 0
+    vocab = json.loads((tiny_compare["out"] / "prepared" / "toy" / "vocab.json").read_text())
+    n_vocab = len(vocab["genes"])  # genes expressed in the training cells
+    assert params["attention"] == "sigmoid" and params["n_genes_used"] == n_vocab
+    assert params["n_genes_unknown"] == adata.n_vars - n_vocab
     # The embedding of held-out cells equals what the train stage wrote for them.
     labels_path = tiny_compare["out"] / "prepared" / "toy" / "labels.json"
     held = json.loads(labels_path.read_text())
@@ -143,7 +146,9 @@ def test_embed_warns_about_unknown_genes_and_fills_empty_cells(tiny_compare):
     x[3, 0] = 5  # cell 3 expresses only the unknown gene
     adata.X = x
     run = tiny_compare["out"] / "runs" / "toy" / "softmax-seed0"
-    with pytest.warns(UserWarning, match="1 of 150 genes are not in the model's vocabulary"):
+    vocab = json.loads((tiny_compare["out"] / "prepared" / "toy" / "vocab.json").read_text())
+    n_unknown = 150 - len(vocab["genes"]) + 1  # + the renamed gene
+    with pytest.warns(UserWarning, match=f"{n_unknown} of 150 genes are not in the model's vocabulary"):
         embed(adata, str(run))
     emb = adata.obsm["X_sigcell"]
     assert np.isnan(emb[3]).all() and np.isfinite(np.delete(emb, 3, axis=0)).all()

@@ -64,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--max-genes", type=int, default=None, help="genes kept per cell (default 128 tiny, "
                                                                "1024 small)")
     c.add_argument("--heldout-fraction", type=float, default=0.2, help="held-out share of labelled cells")
+    c.add_argument("--truncation", choices=("sample", "top"), default="sample",
+                   help="cutting cells to --max-genes: expression-weighted sample (default) or top genes")
     c.add_argument("--max-heldout", type=int, default=1000, help="cap on held-out cells per dataset")
     c.add_argument("--time-budget", type=float, default=None,
                    help="seconds for the train stage: size --steps from measured step times")
@@ -110,6 +112,7 @@ def run_compare(args: argparse.Namespace) -> int:
                      seeds=_parse_seeds(args.seeds), stage=args.stage, prepared=args.prepared,
                      label_col=args.label_col, max_genes=args.max_genes,
                      heldout_fraction=args.heldout_fraction, max_heldout=args.max_heldout,
+                     truncation=args.truncation,
                      time_budget=args.time_budget, overrides=_parse_sets(args.set), device=args.device,
                      threads=args.threads, embedding_dtype=args.embedding_dtype, progress=not args.quiet)
     out = Path(result["out"])

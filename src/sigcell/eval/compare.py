@@ -36,7 +36,7 @@ def _say(text: str) -> None:
 
 
 def _stage_prepare(datasets, out: Path, preset: str, label_col, max_genes, heldout_fraction, max_heldout,
-                   show: bool) -> dict:
+                   truncation: str, show: bool) -> dict:
     from sigcell.eval.prepare import PrepareConfig, prepare, resolve_datasets
     from sigcell.eval.progress import progress
     from sigcell.model.presets import load_preset
@@ -49,7 +49,7 @@ def _stage_prepare(datasets, out: Path, preset: str, label_col, max_genes, heldo
     config = PrepareConfig(encoding=model.get("value_encoding", defaults.value_encoding),
                            n_bins=model.get("n_bins", defaults.n_bins),
                            max_genes=max_genes or DEFAULT_MAX_GENES.get(preset, FALLBACK_MAX_GENES),
-                           heldout_fraction=heldout_fraction, max_heldout=max_heldout)
+                           heldout_fraction=heldout_fraction, max_heldout=max_heldout, truncation=truncation)
     with progress(len(inputs), "prepare", show) as bar:
         manifest = prepare(inputs, out / "prepared", config, preset=preset, bar=bar)
     _say(f"prepared {len(inputs)} dataset(s) in {out / 'prepared'} ({manifest['bytes'] / 2**20:.1f} MiB)")
@@ -101,7 +101,14 @@ def _stage_train(out: Path, prepared: Path, *, preset, steps, seeds, datasets, o
 
     from sigcell.eval.prepare import read_manifest
     from sigcell.eval.progress import progress
-    from sigcell.eval.runner import PreparedDataset, calibrate, estimate_seconds, run_all, steps_for_budget
+    from sigcell.eval.runner import (
+        PreparedDataset,
+        calibrate,
+        estimate_seconds,
+        pending_runs,
+        run_all,
+        steps_for_budget,
+    )
 
     manifest = read_manifest(prepared)
     runs = out / "runs"
@@ -114,18 +121,23 @@ def _stage_train(out: Path, prepared: Path, *, preset, steps, seeds, datasets, o
                         device=device, threads=threads, embedding_dtype=embedding_dtype, datasets=datasets)
     data = [PreparedDataset.load(prepared / name) for name in plan.datasets]
     fresh = not (runs / "plan.json").is_file()
+    n_runs = len(plan.datasets) * len(plan.attentions) * len(plan.seeds)
+    pending = pending_runs(plan, runs)
+    if not sum(pending.values()):
+        _say(f"train stage: all {n_runs} runs of {runs} are finished; reusing them")
+        write_json(runs / "plan.json", {**read_json(runs / "plan.json"), **plan.to_dict()})
+        return run_all(plan, data, runs)
     t0 = time.perf_counter()
     step_s = calibrate(plan, data)
     if time_budget is not None and fresh and not steps:
         plan.steps = steps_for_budget(plan, step_s, data, time_budget)
         plan.steps_from = f"--time-budget {time_budget:g} s"
     timing = ", ".join(f"{d} {a} {1e3 * t:.0f} ms" for d, per in step_s.items() for a, t in per.items())
-    n_runs = len(plan.datasets) * len(plan.attentions) * len(plan.seeds)
-    estimate = estimate_seconds(plan, step_s, data)
-    _say(f"train stage: {n_runs} runs x {plan.steps} steps ({plan.steps_from}), preset {plan.preset}, "
-         f"seeds {plan.seeds}, threads {threads or 'default'}; measured step times: {timing}; "
-         f"estimated {estimate / 60:.1f} min for runs not yet finished (calibration took "
-         f"{time.perf_counter() - t0:.0f} s)")
+    estimate = estimate_seconds(plan, step_s, data, pending)
+    _say(f"train stage: {sum(pending.values())} of {n_runs} runs to do, {plan.steps} steps each "
+         f"({plan.steps_from}), preset {plan.preset}, seeds {plan.seeds}, threads {threads or 'default'}; "
+         f"measured step times: {timing} (calibration {time.perf_counter() - t0:.0f} s); "
+         f"estimated {estimate / 60:.1f} min")
     write_json(runs / "plan.json", {**plan.to_dict(), "calibration_step_s": step_s,
                                     "estimate_s": estimate, "prepared": manifest})
     with progress(n_runs * plan.steps, "train", show) as bar:
@@ -146,6 +158,7 @@ def compare(
     max_genes: int | None = None,
     heldout_fraction: float = 0.2,
     max_heldout: int = 1000,
+    truncation: str = "sample",
     time_budget: float | None = None,
     overrides: dict[str, Any] | None = None,
     device: str = "auto",
@@ -177,6 +190,9 @@ def compare(
         Genes kept per cell; default 128 (tiny) / 1024 (small) / 2048.
     heldout_fraction, max_heldout
         Held-out share of the labelled cells (stratified) and its cap per dataset.
+    truncation
+        How cells longer than ``max_genes`` are cut: ``"sample"`` (expression-weighted, seeded; default)
+        or ``"top"`` (most expressed genes).
     time_budget
         Seconds for the train stage of a fresh ``out``: the step count is sized from a measured step time.
     overrides
@@ -214,13 +230,19 @@ def compare(
     prepared_dir = Path(prepared) if prepared is not None else out / "prepared"
     stages = ["prepare", "train", "report"] if stage == "all" else [stage]
     result: dict[str, Any] = {"out": str(out), "stages": stages}
+    if stage == "all":
+        n = len(datasets) if datasets else "every labelled registered"
+        n_seeds = len(seeds) if seeds is not None else len(DEFAULT_SEEDS)
+        _say(f"sigcell compare: {n} dataset(s) x 2 attentions x {n_seeds} seeds, preset {preset or 'tiny'}, "
+             f"into {out}. Stages: prepare (about 20 s per dataset), train (timed and estimated once the "
+             f"data is prepared), report (about 2 min on 2 CPU cores for 4 datasets x 3 seeds)")
     if "prepare" in stages:
         if prepared is not None:
             msg = ("--prepared names existing inputs; the prepare stage writes <out>/prepared "
                    "(drop --prepared)")
             raise ValueError(msg)
         _stage_prepare(datasets, out, preset or "tiny", label_col, max_genes, heldout_fraction, max_heldout,
-                       progress)
+                       truncation, progress)
     if "train" in stages:
         _stage_train(out, prepared_dir, preset=preset, steps=steps, seeds=seeds,
                      datasets=datasets if stage == "train" or datasets else None, overrides=overrides,

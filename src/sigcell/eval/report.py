@@ -324,9 +324,12 @@ def _document(data, summary, files, versions, *, command, wall_s) -> Document:
 
     doc.heading("Data")
     doc.table(["dataset", "cells", "genes", "train", "held-out", "cell types", "genes kept / cell",
-               "mean tokens / cell", "truncated cells", "source"], _data_rows(data))
+               "mean tokens / cell", "truncated cells", "bin entropy (nats)", "source"], _data_rows(data))
     doc.para("Held-out cells are a label-stratified random subset (split seed 0, the same for every run). "
-             "They are never trained on; the gene vocabulary comes from the training cells. The PCA "
+             "They are never trained on; the gene vocabulary comes from the training cells. Cells longer "
+             "than the gene limit keep an expression-weighted seeded sample of their genes (truncation "
+             f"`{data['manifest']['prepare'].get('truncation', 'top')}`); bin entropy near 0 would mean a "
+             "trivial masked-value target. The PCA "
              "baseline (`normalize_total(1e4)` → `log1p` → 2,000 highly variable genes (seurat flavour) → "
              "50 components) is fit on the held-out cells themselves, a slight advantage for PCA.", "note")
 
@@ -417,6 +420,7 @@ def _data_rows(data) -> list[list[str]]:
         rows.append([name, str(m["n_cells"]), str(m["n_genes"]), str(m["n_train"]), str(m["n_heldout"]),
                      str(len(m["heldout_label_counts"])), str(m["tokenizer"]["max_genes"]),
                      f"{m['length']['mean']:.0f}", str(m["tokenize"]["n_truncated"]),
+                     "—" if m.get("value_entropy") is None else f"{m['value_entropy']:.2f}",
                      str(m["provenance"].get("package", m["source"]))])
     return rows
 

@@ -337,15 +337,33 @@ def calibrate(plan: Plan, datasets: list[PreparedDataset], warmup: int = 2, iter
     return out
 
 
-def estimate_seconds(plan: Plan, step_s: dict, datasets: list[PreparedDataset]) -> float:
-    """Predicted train-stage wall time: steps x measured step time, plus validation, embedding, setup."""
+def pending_runs(plan: Plan, runs: Path) -> dict[tuple[str, str], int]:
+    """Number of seeds still to run per (dataset, attention): no ``result.json`` of this step count."""
+    out: dict[tuple[str, str], int] = {}
+    for name in plan.datasets:
+        for attention in plan.attentions:
+            todo = 0
+            for seed in plan.seeds:
+                path = run_dir(runs, name, attention, seed) / "result.json"
+                todo += not (path.is_file() and read_json(path).get("steps") == plan.steps)
+            out[(name, attention)] = todo
+    return out
+
+
+def estimate_seconds(plan: Plan, step_s: dict, datasets: list[PreparedDataset],
+                     pending: dict[tuple[str, str], int] | None = None) -> float:
+    """Predicted train-stage wall time: steps x measured step time, plus validation, embedding, setup.
+
+    ``pending`` (from :func:`pending_runs`) limits it to the runs still to do; default all.
+    """
     total = 0.0
     for data in datasets:
         for attention in plan.attentions:
+            n = len(plan.seeds) if pending is None else pending.get((data.name, attention), 0)
             t = step_s[data.name][attention]
             per_run = plan.steps * t * 1.1  # logging, validation passes, checkpoints
             per_run += (data.heldout.size / 8 + TIMING_ITERS + TIMING_WARMUP) * t * 0.5  # embed, loss, timing
-            total += len(plan.seeds) * (per_run + 1.0)  # + model setup, file writes
+            total += n * (per_run + 1.0)  # + model setup, file writes
     return total
 
 
