@@ -200,3 +200,21 @@ def compare(case: Case, got, ref, bound: float, oracle=None, factor_out=2.0, fac
         if got[0][pad].abs().max().item() != 0.0:
             problems.append("out: padded query rows are not exactly 0")
     return problems
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_kernels(case: Case, dtype: torch.dtype, kernel_mode, reference_mode, fast_sigmoid=None) -> None:
+    """Run the kernels (inside ``kernel_mode()``, outputs poisoned) and the plain-PyTorch path (inside
+    ``reference_mode()``) in float64 and in ``dtype`` on the same rounded inputs; assert the bounds."""
+    from sigcell.ops.sigmoid_attn import interface
+
+    case = rounded(case, dtype)
+    with kernel_mode(), interface.poison_outputs():
+        got = run(case, dtype, fast_sigmoid)
+    with reference_mode():
+        ref = run(case, torch.float64)
+        oracle = run(case, dtype) if dtype != torch.float32 else None
+    problems = compare(case, got, ref, TOLERANCE[dtype], oracle)
+    assert not problems, problems

@@ -4,31 +4,23 @@ the kernel's error must stay within 2x (output) / 3x (gradients) of it). Skipped
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
 import torch
 
 from sigcell.ops.sigmoid_attn import interface
-from tests.ops.cases import TOLERANCE, compare, make_case, rel_err, rounded, run
+from tests.ops.cases import DTYPES, check_kernels, make_case, rel_err, rounded, run
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def _check(case, dtype, fast_sigmoid=None):
-    case = rounded(case, dtype)
-    with interface.poison_outputs():
-        got = run(case, dtype, fast_sigmoid)
-    with interface.plain_pytorch():
-        ref = run(case, torch.float64)
-        oracle = run(case, dtype) if dtype != torch.float32 else None
-    problems = compare(case, got, ref, TOLERANCE[dtype], oracle)
-    assert not problems, problems
+    check_kernels(case, dtype, contextlib.nullcontext, interface.plain_pytorch, fast_sigmoid)
 
 
 GRID = list(itertools.product(DTYPES, [False, True], ["padded", "varlen"], [(8, 8), (8, 2)], [64, 128]))

@@ -6,6 +6,7 @@ non-finite. Skipped when CUDA is present (tests/ops/test_gpu.py covers the kerne
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 
@@ -13,13 +14,11 @@ import pytest
 import torch
 
 from sigcell.ops.sigmoid_attn import interface
-from tests.ops.cases import TOLERANCE, compare, make_case, rel_err, rounded, run
+from tests.ops.cases import DTYPES, check_kernels, make_case, rel_err, rounded, run
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1", reason="Triton interpreter tests run only without CUDA"
 )
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _triton(case, dtype):
@@ -28,12 +27,7 @@ def _triton(case, dtype):
 
 
 def _check(case, dtype):
-    case = rounded(case, dtype)
-    got = _triton(case, dtype)
-    ref = run(case, torch.float64)
-    oracle = run(case, dtype) if dtype != torch.float32 else None
-    problems = compare(case, got, ref, TOLERANCE[dtype], oracle)
-    assert not problems, problems
+    check_kernels(case, dtype, interface.triton_on_cpu, contextlib.nullcontext)
 
 
 GRID = list(itertools.product(DTYPES, [False, True], ["padded", "varlen"], [(4, 4), (4, 1)], [16, 40]))
