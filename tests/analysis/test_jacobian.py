@@ -117,3 +117,11 @@ def test_layer_jacobian_matches_finite_differences_and_metrics():
         assert 0.0 < results[kind]["offdiag_fraction"] < 1.0
     with pytest.raises(ValueError, match=r"\[L, d, L, d\]"):
         jac.layer_jacobian_metrics(torch.zeros(3, 4, 3, 5))
+
+
+@pytest.mark.parametrize(("seed", "shape"), [(14, (40, 40)), (15, (30, 50))])
+def test_power_iteration_spectral_norm(seed, shape):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randn(*shape, generator=g, dtype=torch.float64)
+    assert jac.spectral_norm(m) == pytest.approx(float(torch.linalg.matrix_norm(m, ord=2)), rel=1e-6)
+    assert jac.spectral_norm(torch.zeros(3, 3)) == 0.0

@@ -70,7 +70,7 @@ def _out_dir(out: str | os.PathLike, name: str) -> Path:
 def run_jacobian_analysis(out: str | os.PathLike, *, lengths: Sequence[int] = (16, 64, 256, 1024, 4096),
                           scales: Sequence[float] = (0.5, 1, 2, 4, 8, 16), rows: int = 64,
                           sigmoid_bias: str = "neg_log_n", layer_lengths: Sequence[int] = (8, 16, 32, 64),
-                          layer_scales: Sequence[float] = (1, 4, 16), layers: Sequence[int] = (0,),
+                          layer_scales: Sequence[float] = (1, 8, 64), layers: Sequence[int] = (0,),
                           models: Sequence[ModelSource] = (), seed: int = 0, plot: bool = True,
                           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Weight-Jacobian sweep on random logits plus layer Jacobians of ``models``; writes

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="wall-clock seconds for all runs together, split evenly (paper preset: 390)")
+                   help="wall-clock seconds for all runs together, split evenly (paper preset: 360)")
     p.add_argument("--factor", type=float, default=100.0,
                    help="divergence: grad norm above FACTOR x its early median (default 100)")
     p.add_argument("--window", type=int, default=20, help="steps whose median is the reference (default 20)")
@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="sigmoid logit bias: -log L (sigcell's default) or 0")
     j.add_argument("--layer-lengths", nargs="+", type=int, default=[8, 16, 32],
                    help="cell lengths of the layer Jacobian (its matrix is (L d)^2)")
-    j.add_argument("--layer-scales", nargs="+", type=float, default=[1, 4, 16],
+    j.add_argument("--layer-scales", nargs="+", type=float, default=[1, 8, 64],
                    help="logit scales for layers")
     j.add_argument("--layers", nargs="+", type=int, default=[0], help="layer indices")
     j.add_argument("--no-layer", action="store_true", help="skip the layer Jacobians")
