@@ -122,7 +122,9 @@ def _load(ds: DatasetInput):
     else:
         from sigcell import datasets
 
-        adata = check_adata(datasets.load(ds.source), source=f"dataset {ds.source}")
+        raw = datasets.load(ds.source)
+        adata = check_adata(raw, source=f"dataset {ds.source}")
+        adata.uns["sigcell_dataset"] = raw.uns.get("sigcell_dataset", {})  # check_adata keeps obs only
     if ds.label_col not in adata.obs.columns:
         msg = (f"{ds.source}: no label column {ds.label_col!r} in obs; columns are "
                f"{list(adata.obs.columns)}; pass --label-col")

@@ -141,7 +141,7 @@ def _std(values) -> float:
 def _fmt(mean: float | None, std: float | None = None) -> str:
     if mean is None or not math.isfinite(mean):
         return "n/a"
-    digits = 3 if abs(mean) < 100 else 1
+    digits = 3 if abs(mean) < 10 else 1
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
