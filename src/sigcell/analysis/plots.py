@@ -104,10 +104,11 @@ def plot_jacobian(results: dict[str, Any], path: str | os.PathLike) -> Path:
         for kind, cmap in (("softmax", plt.cm.Reds), ("sigmoid", plt.cm.Blues)):
             for c in scales:
                 pts = sorted((r["length"], r[m]) for r in w if r["kind"] == kind and r["scale"] == c)
-                ys = [max(y, 1e-30) for _, y in pts]
-                ax.plot([x for x, _ in pts], ys, "o-", ms=3, color=cmap(shades[c]), label=f"{kind} x{c:g}")
+                ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", ms=3, color=cmap(shades[c]),
+                        label=f"{kind} x{c:g}")
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if m != "offdiag_mass":  # sigmoid's off-diagonal mass is exactly 0: keep that axis linear
+            ax.set_yscale("log")
         ax.set_xlabel("sequence length L")
         ax.set_title(f"dP/dS: {m.replace('_', ' ')}", fontsize=10)
         ax.grid(alpha=0.3)
@@ -115,20 +116,28 @@ def plot_jacobian(results: dict[str, Any], path: str | os.PathLike) -> Path:
     axes[0].text(axes[0].get_xlim()[0], 0.27, " sigma' <= 1/4", fontsize=7)
     axes[0].legend(fontsize=6, ncol=2)
     if layer:
+        # One layer per kind: the first analyzed layer evaluated with that kind.
+        first = {}
+        for r in layer:
+            first.setdefault(r["kind"], r["layer"])
+        layer_scales = sorted({r["scale"] for r in layer})
+        lshade = {c: 0.35 + 0.65 * i / max(1, len(layer_scales) - 1) for i, c in enumerate(layer_scales)}
         for ax, m in zip(axes[len(metrics):], ("offdiag_fraction", "spectral_norm"), strict=True):
             for kind, cmap in (("softmax", plt.cm.Reds), ("sigmoid", plt.cm.Blues)):
-                for c in sorted({r["scale"] for r in layer}):
+                for c in layer_scales:
                     pts = sorted((r["length"], r[m]) for r in layer
-                                 if r["kind"] == kind and r["scale"] == c and r["layer"] == layer[0]["layer"])
-                    ax.plot([x for x, _ in pts], [y for _, y in pts], "s-", ms=3,
-                            color=cmap(shades.get(c, 0.7)),
-                            label=f"{kind} x{c:g}")
+                                 if r["kind"] == kind and r["scale"] == c and r["layer"] == first.get(kind))
+                    if pts:
+                        ax.plot([x for x, _ in pts], [y for _, y in pts], "s-", ms=3, color=cmap(lshade[c]),
+                                label=f"{kind} x{c:g}")
             ax.set_xscale("log", base=2)
-            ax.set_xlabel("sequence length L")
-            ax.set_title(f"layer dY/dX ({layer[0]['layer']}): {m.replace('_', ' ')}", fontsize=10)
+            ax.set_xlabel("cell length L")
+            ax.set_title(f"layer dY/dX: {m.replace('_', ' ')}", fontsize=10)
             ax.grid(alpha=0.3)
         axes[-1].set_yscale("log")
         axes[-1].legend(fontsize=6, ncol=2)
+        fig.text(0.99, 0.005, "layers: " + "; ".join(f"{k}: {v}" for k, v in first.items()), fontsize=6,
+                 ha="right")
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)
@@ -159,7 +168,7 @@ def plot_sinks(results: dict[str, Any], path: str | os.PathLike) -> Path:
         ax.set_yticks(range(len(data)))
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     fig.suptitle(f"attention on the first token (threshold {results['threshold']:g}; uniform share "
-                 f"{models[0]['uniform']:.3f})", fontsize=9)
+                 f"{models[0]['uniform']:.3f})", fontsize=9, y=1.1)
     out = _save(fig, path)
     plt.close(fig)
     return out
