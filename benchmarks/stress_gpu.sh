@@ -6,8 +6,9 @@
 # On the GPU machine, from the repository root (needs python3 with torch, triton, numpy, scipy, pyyaml,
 # safetensors; no matplotlib / rich / tensorboard needed):
 #   bash benchmarks/stress_gpu.sh [extra sigcell stress flags, e.g. --lr 1e-2 --seeds 0 1]
-# Wall time: TIME_BUDGET seconds of training for all 6 runs together (default 360, split evenly: 60 s
-# per run including model build and Triton compilation), plus ~20 s of start-up: about 6.5 minutes.
+# Wall time: TIME_BUDGET seconds of training for all 6 runs together (default 300, split evenly: 50 s per
+# run, counted after each run's first step), plus per run ~5-10 s to build the model and take step 1 (the
+# first sigmoid run also compiles the Triton kernels, ~10-40 s) and ~20 s of start-up: about 7 minutes.
 # A run that diverges stops early and returns its unused time (the total only shrinks).
 #
 # Results: $OUT/stress-paper/ (stress.json, runs/<attention>-seed<k>/{config.yaml,metrics.jsonl},
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 OUT=${OUT:-/tmp/sigcell-stress-out}
-TIME_BUDGET=${TIME_BUDGET:-360}
+TIME_BUDGET=${TIME_BUDGET:-300}
 PY=${PYTHON:-python3}
 DIR="$OUT/stress-paper"
 mkdir -p "$OUT"

@@ -85,3 +85,14 @@ def test_stress_imports_without_plotting_packages():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_time_budget_ends_runs_without_divergence(tmp_path):
+    cfg = StressConfig(preset="cpu", out_dir=str(tmp_path / "out"), attentions=("softmax", "sigmoid"),
+                       seeds=(3,), overrides={**_TINY, "optim.lr": 1e-4, "steps": 500}, factor=10.0, window=3,
+                       time_budget_s=1e-3)
+    results = run_stress(cfg, log=lambda _: None)
+    assert results["settings"]["per_run_budget_s"] == pytest.approx(5e-4)
+    for run in results["runs"]:
+        # the clock starts after step 1, so each run takes at least 2 steps
+        assert run["status"] == "time_budget" and 2 <= run["steps"] < 500 and run["diverged_step"] is None

@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="wall-clock seconds for all runs together, split evenly (paper preset: 360)")
+                   help="training seconds for all runs together, split evenly, counted after each "
+                        "run's first step (paper preset: 300)")
     p.add_argument("--factor", type=float, default=100.0,
                    help="divergence: grad norm above FACTOR x its early median (default 100)")
     p.add_argument("--window", type=int, default=20, help="steps whose median is the reference (default 20)")
