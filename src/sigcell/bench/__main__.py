@@ -1,4 +1,4 @@
-"""``python -m sigcell.bench kernels ...``: the same command as ``sigcell bench kernels``.
+"""``python -m sigcell.bench kernels|train ...``: the same commands as ``sigcell bench ...``.
 
 Builds a parser from :mod:`sigcell.cli.bench` alone, so it runs where only torch and triton are installed
 (the other command modules may import optional packages).
@@ -9,16 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sigcell.cli.bench import add_kernels_arguments, run_kernels
+from sigcell.cli.bench import add_subcommands
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the benchmark, return the exit code."""
     parser = argparse.ArgumentParser(prog="python -m sigcell.bench", description="sigcell benchmarks")
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
-    kernels = sub.add_parser("kernels", help="sigmoid attention kernels vs peers")
-    add_kernels_arguments(kernels)
-    kernels.set_defaults(func=run_kernels)
+    add_subcommands(sub)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["cold_starts", "main_sigcell", "plot_png", "print_tables", "ratios", "write_json"]
+__all__ = ["cold_starts", "main_sigcell", "plot_png", "print_tables", "ratios", "render_tables", "write_json"]
 
 # Order in which sigcell's own entry points stand for "sigcell" in a ratio: the dense kernel where it applies.
 _SIGCELL_ORDER = ("sigcell-dense", "sigcell-padded", "sigcell-varlen")
@@ -132,7 +132,17 @@ def _plain_table(title: str, header: list[str], rows: list[list[str]]) -> str:
 
 def print_tables(data: dict, out: TextIO) -> None:
     """Print the TFLOPS table, sigcell's ratio to each peer and the skip reasons (rich if installed)."""
-    tables = _tables(data)
+    render_tables(_tables(data), out)
+
+
+def render_tables(tables: list[tuple[str, list[str], list[list[str]]]], out: TextIO,
+                  left_columns: int = 3) -> None:
+    """Print ``(title, header, rows)`` tables with rich if it is installed, else as plain text.
+
+    The first ``left_columns`` columns (and any named ``reason``) are left-aligned, the rest right-aligned.
+    """
+    if not tables:
+        return
     try:
         from rich.console import Console
         from rich.table import Table
@@ -144,7 +154,7 @@ def print_tables(data: dict, out: TextIO) -> None:
     for title, header, rows in tables:
         table = Table(title=title, title_justify="left")
         for i, h in enumerate(header):
-            table.add_column(h, justify="left" if i < 3 or h == "reason" else "right",
+            table.add_column(h, justify="left" if i < left_columns or h == "reason" else "right",
                              overflow="fold")
         for r in rows:
             table.add_row(*r)

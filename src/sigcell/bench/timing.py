@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["bench_ms", "first_call_ms", "matmul_tflops", "synchronize"]
+__all__ = ["bench_ms", "first_call_ms", "matmul_tflops", "step_times_ms", "synchronize"]
 
 
 def synchronize(device: torch.device) -> None:
@@ -24,6 +24,22 @@ def first_call_ms(fn: Callable[[], object], device: torch.device) -> float:
     fn()
     synchronize(device)
     return (time.perf_counter() - start) * 1e3
+
+
+def step_times_ms(fn: Callable[[], object], device: torch.device, steps: int) -> list[float]:
+    """Wall time of each of ``steps`` calls of ``fn`` in ms, the device synchronized around every call.
+
+    For whole training steps (tens of ms, host work included): unlike :func:`bench_ms` the caches are not
+    flushed and the host's share of a step is counted, as a training loop sees it.
+    """
+    times = []
+    for _ in range(steps):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def _host_median_ms(fn: Callable[[], object], warmup_ms: float, rep_ms: float, min_reps: int = 3,
