@@ -74,9 +74,9 @@ def _scalar(text: str):
     return text.strip("'\"")
 
 
-def _read_flat_yaml(path: Path) -> dict[str, dict]:
-    """The ``section: {key: scalar}`` files of ``configs/`` without PyYAML (bare GPU machines)."""
-    sections: dict[str, dict] = {}
+def _read_flat_yaml(path: Path) -> dict:
+    """The files of ``configs/`` (``section: {key: scalar}`` and ``key: scalar``) without PyYAML."""
+    sections: dict = {}
     current: dict | None = None
     for raw in path.read_text().splitlines():
         line = raw.split("#", 1)[0].rstrip()
@@ -85,6 +85,8 @@ def _read_flat_yaml(path: Path) -> dict[str, dict]:
         key, _, value = line.strip().partition(":")
         if not line.startswith((" ", "\t")):
             current = sections.setdefault(key, {}) if not value.strip() else None
+            if value.strip():
+                sections[key] = _scalar(value.strip())
         elif current is not None:
             current[key] = _scalar(value.strip())
     return sections
