@@ -13,6 +13,11 @@ Checks: (1) padded and packed batches give the same encoder outputs in bf16, sig
 finite, falling loss on CUDA for both attentions; (3) step time, tokens/s and peak memory of the base
 model (d_model 512, 8 heads, 12 layers, AdamW, bf16 autocast) at a few lengths, sigmoid vs softmax,
 packed vs padded.
+
+This stays the quick smoke check. The proper end-to-end benchmark (every SDPA backend, torch varlen,
+TritonSigmoid, padded batches, real cell-length mixes, the 16k-gene memory check, the issue's targets, JSON +
+PNG with the card name) is ``sigcell bench train`` (``python -m sigcell.bench train --preset quick``);
+see benchmarks/README.md.
 """
 
 from __future__ import annotations
