@@ -54,3 +54,21 @@ def test_import_sigcell_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_model_and_training_import_without_the_data_stack():
+    """The GPU-side training path (model, trainer, batches) needs neither scipy nor anndata."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in {'scipy', 'anndata', 'scanpy', 'h5py', 'matplotlib', 'rich'}:\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import sigcell.model, sigcell.train\n"
+        "from sigcell.data import CellBatch, make_dataloader\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -16,9 +16,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:  # scipy loads with the first matrix, not with the model's imports
+    import scipy.sparse as sp
 
 __all__ = [
     "ValuesInfo",
@@ -69,6 +72,8 @@ class ValuesInfo:
 
 def _data_of(x) -> np.ndarray:
     """The stored values of a dense or sparse matrix (zeros of sparse storage excluded)."""
+    import scipy.sparse as sp
+
     return x.data if sp.issparse(x) else np.asarray(x).ravel()
 
 
@@ -249,6 +254,8 @@ def check_adata(
     if adata.n_obs == 0 or len(genes) == 0:
         msg = f"{where}: empty matrix ({adata.n_obs} cells x {len(genes)} genes); nothing to tokenize"
         raise ValueError(msg)
+    import scipy.sparse as sp
+
     if not (sp.issparse(x) or isinstance(x, np.ndarray)):
         x = np.asarray(x)  # h5py datasets, dask arrays: load this one matrix
     info = detect_values(x, where=where)

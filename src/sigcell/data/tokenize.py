@@ -30,12 +30,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 
 from sigcell.data.io import check_adata, detect_values, require_counts, to_count_scale
 from sigcell.data.vocab import GeneVocab
+
+if TYPE_CHECKING:  # scipy loads with the first matrix, not with the model's imports
+    import scipy.sparse as sp
 
 __all__ = [
     "GeneMedianSketch",
@@ -203,6 +206,8 @@ def gene_medians(adata, *, target_sum: float = 1e4) -> np.ndarray:
     """
     if "sigcell_input" not in adata.uns:
         adata = check_adata(adata)
+    import scipy.sparse as sp
+
     info = detect_values(adata.X)
     x = to_count_scale(sp.csr_matrix(adata.X), info)
     sketch = GeneMedianSketch(target_sum)
@@ -386,6 +391,8 @@ def tokenize(
             "sigcell prepare (or vocab.with_medians(gene_medians(adata))), or use encoding='binned'"
         )
         raise ValueError(msg)
+
+    import scipy.sparse as sp
 
     x = to_count_scale(sp.csr_matrix(adata.X), info)
     totals = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
