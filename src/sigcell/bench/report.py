@@ -171,6 +171,19 @@ def _panel_key(r: dict) -> tuple[str, bool, str]:
     return r["mode"], r["causal"], group
 
 
+def import_pyplot():
+    """``(matplotlib.pyplot, None)`` with the file-only Agg backend, or ``(None, reason)`` without matplotlib
+    (the bare GPU machines have none)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        return None, f"matplotlib is not installed ({err})"
+    return plt, None
+
+
 def plot_png(data: dict, path: Path) -> str | None:
     """Grouped bars of TFLOPS: a panel per (mode, causal, padding), a group per (D, L), a bar per provider.
 
@@ -181,13 +194,9 @@ def plot_png(data: dict, path: Path) -> str | None:
     results = data["results"]
     if not results:
         return "no results to plot"
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        return f"matplotlib is not installed ({err})"
+    plt, reason = import_pyplot()
+    if plt is None:
+        return reason
 
     providers = _providers_in_order(results)
     colors = {p: plt.get_cmap("tab20")(i % 20) for i, p in enumerate(providers)}

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import TextIO
 
-from sigcell.bench.report import render_tables
+from sigcell.bench.report import import_pyplot, render_tables
 
 __all__ = ["plot_train_png", "print_train_tables", "train_tables"]
 
@@ -98,13 +98,9 @@ def plot_train_png(data: dict, path: Path) -> str | None:
     results = data["results"]
     if not results:
         return "no results to plot"
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        return f"matplotlib is not installed ({err})"
+    plt, reason = import_pyplot()
+    if plt is None:
+        return reason
     cols = _columns(results)
     cases = list(dict.fromkeys(r["case"] for r in results))
     colors = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(cols)}
