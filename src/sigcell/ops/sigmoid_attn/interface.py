@@ -216,7 +216,7 @@ def _triton_forward(
     dummy = bias
 
     def launch(cfg):
-        grid = (n_seq * heads, triton_cdiv(span, cfg["BLOCK_M"]))
+        grid = (n_seq * heads, _cdiv(span, cfg["BLOCK_M"]))
         sigmoid_attn_fwd_kernel[grid](
             q,
             k,
@@ -294,7 +294,7 @@ def _triton_backward(
         )
 
         def launch_dkdv(cfg):
-            sigmoid_attn_bwd_dkdv_kernel[(n_seq * kv_heads, triton_cdiv(span_k, cfg["BLOCK_N"]))](
+            sigmoid_attn_bwd_dkdv_kernel[(n_seq * kv_heads, _cdiv(span_k, cfg["BLOCK_N"]))](
                 q,
                 k,
                 v,
@@ -328,7 +328,7 @@ def _triton_backward(
 
         def launch_dq(cfg):
             nonlocal dbias_part
-            num_m = triton_cdiv(max(span_q, 1), cfg["BLOCK_M"])
+            num_m = _cdiv(max(span_q, 1), cfg["BLOCK_M"])
             dbias_part = torch.zeros(n_seq * heads, num_m, dtype=torch.float32, device=q.device)
             sigmoid_attn_bwd_dq_kernel[(n_seq * heads, num_m)](
                 q,
@@ -362,13 +362,15 @@ def _triton_backward(
         _launch("dkdv", q, launch_dkdv)
         _launch("dq", q, launch_dq)
     else:
-        dq.zero_(), dk.zero_(), dv.zero_()
+        for grad in (dq, dk, dv):
+            grad.zero_()
     dbias = dbias_part.sum(dim=1).view(n_seq, heads)
     dkey_bias = dkb_part.sum(dim=0) if dkb_part is not None else None
     return dq, dk, dv, dbias, dkey_bias
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
+    """Ceiling division (number of blocks)."""
     return -(-a // b)
 
 
