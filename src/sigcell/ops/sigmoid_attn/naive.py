@@ -35,24 +35,36 @@ class _Problem:
     scale: float
     causal: bool
     acc_dtype: torch.dtype
+    # Over the batch: shortest query / key length and smallest Lk - Lq. Blocks inside these bounds need
+    # no mask (the common case), which saves a pass over every score.
+    min_len_q: int
+    min_len_k: int
+    min_shift: int
 
     def probabilities(self, q_blk: torch.Tensor, k_blk: torch.Tensor, i0: int, j0: int) -> torch.Tensor:
         """Masked sigmoid probabilities ``[B, Hkv, G, bq, bk]`` of one block (accumulation dtype)."""
-        batch = q_blk.shape[0]
-        s = torch.einsum("bhgid,bhjd->bhgij", q_blk, k_blk).to(self.acc_dtype) * self.scale
-        s = s + self.bias
-        rows = torch.arange(i0, i0 + q_blk.shape[3], device=q_blk.device).view(1, -1, 1)
-        cols = torch.arange(j0, j0 + k_blk.shape[2], device=q_blk.device).view(1, 1, -1)
+        batch, i1, j1 = q_blk.shape[0], i0 + q_blk.shape[3], j0 + k_blk.shape[2]
+        # A fresh tensor, so the steps below work in place.
+        s = torch.einsum("bhgid,bhjd->bhgij", q_blk, k_blk).to(self.acc_dtype)
+        s.mul_(self.scale).add_(self.bias)
+        rows = torch.arange(i0, i1, device=q_blk.device).view(1, -1, 1)
+        cols = torch.arange(j0, j1, device=q_blk.device).view(1, 1, -1)
         if self.key_bias is not None:
-            s = s + self.key_bias[:, j0 : j0 + k_blk.shape[2]].reshape(batch, 1, 1, 1, -1)
+            s.add_(self.key_bias[:, j0:j1].reshape(batch, 1, 1, 1, -1))
         shift = (self.lens_k - self.lens_q).view(-1, 1, 1)  # bottom-right alignment of the diagonal
         if self.slopes is not None:
             distance = (rows + shift - cols).abs().to(self.acc_dtype)
-            s = s - self.slopes * distance.unsqueeze(1).unsqueeze(1)
+            s.sub_(self.slopes * distance.unsqueeze(1).unsqueeze(1))
+        p = s.sigmoid_()
+        whole = i1 <= self.min_len_q and j1 <= self.min_len_k
+        if self.causal:
+            whole = whole and j1 - 1 <= i0 + self.min_shift
+        if whole:
+            return p
         valid = (rows < self.lens_q.view(-1, 1, 1)) & (cols < self.lens_k.view(-1, 1, 1))
         if self.causal:
             valid = valid & (cols <= rows + shift)
-        return torch.where(valid.unsqueeze(1).unsqueeze(1), torch.sigmoid(s), 0.0)
+        return p.masked_fill_(~valid.unsqueeze(1).unsqueeze(1), 0.0)
 
 
 def _block_size(batch: int, heads: int, lq: int, lk: int) -> tuple[int, int]:
@@ -82,14 +94,17 @@ def _prepare(
     lens_k = lens_k.to(torch.int64)
     valid_q = torch.arange(lq, device=q.device).view(1, -1) < lens_q.view(-1, 1)
     valid_k = torch.arange(lk, device=q.device).view(1, -1) < lens_k.view(-1, 1)
+    min_len_q = int(lens_q.min()) if batch else 0
+    min_len_k = int(lens_k.min()) if batch else 0
+    min_shift = int((lens_k - lens_q).min()) if batch else 0
     # Padding may hold anything (even NaN); zero it so that 0 * padding stays 0.
-    q = (
-        torch.where(valid_q[..., None, None], q, 0)
-        .permute(0, 2, 1, 3)
-        .reshape(batch, kv_heads, group, lq, dim)
-    )
-    k = torch.where(valid_k[..., None, None], k, 0).permute(0, 2, 1, 3)
-    v = torch.where(valid_k[..., None, None], v, 0).permute(0, 2, 1, 3)
+    if min_len_q < lq:
+        q = torch.where(valid_q[..., None, None], q, 0)
+    if min_len_k < lk:
+        k = torch.where(valid_k[..., None, None], k, 0)
+        v = torch.where(valid_k[..., None, None], v, 0)
+    q = q.permute(0, 2, 1, 3).reshape(batch, kv_heads, group, lq, dim)
+    k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
     as_heads = lambda t: t.to(acc_dtype).reshape(batch, kv_heads, group, 1, 1)
     problem = _Problem(
         lens_q=lens_q,
@@ -100,6 +115,9 @@ def _prepare(
         scale=scale,
         causal=causal,
         acc_dtype=acc_dtype,
+        min_len_q=min_len_q,
+        min_len_k=min_len_k,
+        min_shift=min_shift,
     )
     return problem, q, k, v
 
@@ -178,7 +196,8 @@ def sigmoid_attn_backward_padded(
             k_blk, v_blk = kh[:, :, j0:j1], vh[:, :, j0:j1]
             p = problem.probabilities(q_blk, k_blk, i0, j0)
             dp = torch.einsum("bhgid,bhjd->bhgij", do_blk, v_blk).to(acc)
-            ds = dp * p * (1.0 - p)
+            ds = dp.mul_(p)  # dS = dP * p * (1 - p), in place on the fresh dP
+            ds.addcmul_(ds, p, value=-1.0)
             dv[:, :, j0:j1] += torch.einsum("bhgij,bhgid->bhjd", p.to(q.dtype), do_blk)
             dq[:, :, :, i0:i1] += torch.einsum("bhgij,bhjd->bhgid", ds.to(q.dtype), k_blk)
             dk[:, :, j0:j1] += torch.einsum("bhgij,bhgid->bhjd", ds.to(q.dtype), q_blk)
