@@ -142,7 +142,7 @@ def set_config_override(kind: str, config: tuple[int, int, int, int] | None) -> 
         _config_override[kind] = config
 
 
-def _block_config(head_dim: int, kind: str, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
+def _block_config(head_dim: int, kind: str, dtype: torch.dtype) -> dict[str, int]:
     """Launch configuration; small blocks under the interpreter, where each program runs in numpy."""
     block_d = max(16, 1 << (head_dim - 1).bit_length())
     if _interpreting():

@@ -182,8 +182,10 @@ def sigmoid_attn_backward_padded(
     lk = k.shape[1]
     problem, qh, kh, vh = _prepare(q, k, v, lens_q, lens_k, bias, key_bias, slopes, scale, causal)
     acc = problem.acc_dtype
-    valid_q = torch.arange(lq, device=q.device).view(1, -1) < problem.lens_q.view(-1, 1)
-    do = torch.where(valid_q[..., None, None], dout, 0).permute(0, 2, 1, 3).reshape(qh.shape).to(q.dtype)
+    if problem.min_len_q < lq:  # gradients of padded rows may hold anything
+        valid_q = torch.arange(lq, device=q.device).view(1, -1) < problem.lens_q.view(-1, 1)
+        dout = torch.where(valid_q[..., None, None], dout, 0)
+    do = dout.permute(0, 2, 1, 3).reshape(qh.shape).to(q.dtype)
     dq = torch.zeros(qh.shape, dtype=acc, device=q.device)
     dk = torch.zeros(kh.shape, dtype=acc, device=q.device)
     dv = torch.zeros(vh.shape, dtype=acc, device=q.device)
