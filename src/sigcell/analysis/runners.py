@@ -120,13 +120,14 @@ def run_jacobian_analysis(out: str | os.PathLike, *, lengths: Sequence[int] = (1
 
 def run_sinks_analysis(out: str | os.PathLike, models: Sequence[ModelSource], *, cells: int = 64,
                        threshold: float = 0.3, positions: int = 16, corpus: str | None = None,
-                       device: str = "cpu", plot: bool = True,
+                       prepared: str | os.PathLike | None = None, device: str = "cpu", plot: bool = True,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
     """First-token attention shares of each model on the same held-out cells; writes ``sinks.json`` and
     (with matplotlib) ``sinks.png`` under ``out``.
 
     Cells are the held-out batches of the first model's data configuration (synthetic cells, or
-    ``corpus`` / the run's corpus), so every model sees the same cells.
+    ``corpus`` / the run's corpus), or the held-out cells of a ``sigcell compare`` prepared dataset
+    (``prepared``, for runs trained by compare), so every model sees the same cells.
     """
     from sigcell.train import build_data
     from sigcell.train.parallel import DistInfo
@@ -137,16 +138,23 @@ def run_sinks_analysis(out: str | os.PathLike, models: Sequence[ModelSource], *,
     if not isinstance(cells, int) or cells < 1:
         msg = f"sinks: cells must be an integer >= 1, got {cells!r}"
         raise ValueError(msg)
+    if corpus is not None and prepared is not None:
+        msg = "sinks: pass either corpus or prepared, not both"
+        raise ValueError(msg)
     out = _out_dir(out, "sinks.json")
     cfg = models[0].config
-    if corpus is not None:
-        cfg.data.corpus = corpus
     per_batch = cfg.data.batch_size
-    data = build_data(cfg, DistInfo())
     n_batches = -(-cells // per_batch)
-    batches = [b for _, b in data.val_batches(n_batches)]
-    log(f"sinks: {len(models)} model(s), {n_batches * per_batch} held-out cells "
-        f"({data.info.get('source', 'data')}), threshold {threshold:g}")
+    if prepared is not None:
+        batches, source = _prepared_heldout_batches(prepared, cfg, n_batches)
+    else:
+        if corpus is not None:
+            cfg.data.corpus = corpus
+        data = build_data(cfg, DistInfo())
+        batches = [b for _, b in data.val_batches(n_batches)]
+        source = data.info.get("source", "data")
+    log(f"sinks: {len(models)} model(s), {sum(b.num_cells for b in batches)} held-out cells "
+        f"({source}), threshold {threshold:g}")
     results_models = []
     for src in models:
         stats = analyze_encoder(src.encoder, batches, threshold=threshold, positions=positions, device=device)
@@ -169,6 +177,24 @@ def run_sinks_analysis(out: str | os.PathLike, models: Sequence[ModelSource], *,
         _maybe_plot("plot_sinks", results, out / "sinks.png", log)
     log(f"sinks: results in {out}")
     return results
+
+
+def _prepared_heldout_batches(prepared: str | os.PathLike, cfg: Any, n_batches: int) -> tuple[list, str]:
+    """The first ``n_batches`` held-out batches of a compare-prepared dataset, in the run's layout."""
+    from sigcell.data.loader import make_dataloader
+    from sigcell.eval.runner import PreparedDataset
+
+    folder = Path(prepared)
+    if not (folder / "tokens.npz").is_file() or not (folder / "meta.json").is_file():
+        msg = (f"sinks: {folder} is not a prepared dataset (no tokens.npz / meta.json); pass one dataset "
+               "folder of `sigcell compare --stage prepare`, e.g. OUT/prepared/zeisel")
+        raise ValueError(msg)
+    data = PreparedDataset.load(folder)
+    held = data.subset("heldout")
+    loader = make_dataloader(held, batch_size=cfg.data.batch_size, layout=cfg.data.layout, shuffle=False,
+                             bucket=False)
+    plan = loader.sampler.plan(0)[:n_batches]
+    return [loader.collate(idx) for idx in plan], f"held-out cells of prepared dataset {data.name}"
 
 
 def _mean2(rows: list[list[float]]) -> float:

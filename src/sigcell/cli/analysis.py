@@ -96,6 +96,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--threshold", type=float, default=0.3, help="sink threshold on the share (default 0.3)")
     s.add_argument("--positions", type=int, default=16, help="leading key positions in the position profile")
     s.add_argument("--corpus", help="take the cells from this corpus instead of the run's data")
+    s.add_argument("--prepared", metavar="DIR",
+                   help="take the held-out cells of a `sigcell compare` prepared dataset "
+                        "(OUT/prepared/NAME), for runs trained by compare")
     s.add_argument("--device", default="cpu", help="torch device for the forward passes")
     _model_args(s)
     s.set_defaults(func=run_sinks_cmd)
@@ -192,6 +195,7 @@ def run_sinks_cmd(args: argparse.Namespace) -> int:
     from sigcell.analysis.runners import run_sinks_analysis
 
     run_sinks_analysis(args.out, _sources(args), cells=args.cells, threshold=args.threshold,
-                       positions=args.positions, corpus=args.corpus, device=args.device,
+                       positions=args.positions, corpus=args.corpus, prepared=args.prepared,
+                       device=args.device,
                        plot=not args.no_plot)
     return 0
