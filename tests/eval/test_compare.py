@@ -218,3 +218,24 @@ def test_gpu_script_syntax():
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_gpu.sh"
     assert script.is_file()
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+
+
+def test_sinks_on_compare_runs_use_the_prepared_heldout_cells(tiny_compare, tmp_path, capsys):
+    runs = tiny_compare["out"] / "runs" / "toy"
+    prepared = tiny_compare["out"] / "prepared" / "toy"
+    n_held = int(np.load(prepared / "tokens.npz")["heldout"].size)
+    out = tmp_path / "sinks"
+    argv = ["analyze", "sinks", "--run", str(runs / "softmax-seed0"), "--run", str(runs / "sigmoid-seed0"),
+            "--prepared", str(prepared), "--cells", "7", "--batch-size", "3", "--out", str(out), "--no-plot"]
+    assert main(argv) == 0
+    result = json.loads((out / "sinks.json").read_text())
+    assert [m["attention"] for m in result["models"]] == ["softmax", "sigmoid"]
+    assert all(m["cells"] == min(9, n_held) for m in result["models"])  # 3 batches of 3 cover 7 cells
+    assert "prepared dataset toy" in capsys.readouterr().out
+    assert main(["analyze", "sinks", "--run", str(runs / "softmax-seed0"), "--prepared", str(tmp_path),
+                 "--out", str(tmp_path / "bad1")]) != 0
+    assert "not a prepared dataset" in capsys.readouterr().err
+    assert not (tmp_path / "bad1").exists()  # nothing half-written
+    assert main(["analyze", "sinks", "--run", str(runs / "softmax-seed0"), "--batch-size", "0",
+                 "--out", str(tmp_path / "bad2")]) != 0
+    assert "batch_size" in capsys.readouterr().err

@@ -58,12 +58,13 @@ def load_models(runs: Sequence[str | os.PathLike] = (), *, config: str | None = 
     return sources
 
 
-def _out_dir(out: str | os.PathLike, name: str) -> Path:
+def _out_dir(out: str | os.PathLike, name: str, create: bool = True) -> Path:
     path = Path(out)
     if (path / name).exists():
         msg = f"{str(path / name)!r} already exists; choose another --out or delete it"
         raise FileExistsError(msg)
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -120,14 +121,17 @@ def run_jacobian_analysis(out: str | os.PathLike, *, lengths: Sequence[int] = (1
 
 def run_sinks_analysis(out: str | os.PathLike, models: Sequence[ModelSource], *, cells: int = 64,
                        threshold: float = 0.3, positions: int = 16, corpus: str | None = None,
-                       prepared: str | os.PathLike | None = None, device: str = "cpu", plot: bool = True,
+                       prepared: str | os.PathLike | None = None, batch_size: int | None = None,
+                       device: str = "cpu", plot: bool = True,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
     """First-token attention shares of each model on the same held-out cells; writes ``sinks.json`` and
     (with matplotlib) ``sinks.png`` under ``out``.
 
     Cells are the held-out batches of the first model's data configuration (synthetic cells, or
     ``corpus`` / the run's corpus), or the held-out cells of a ``sigcell compare`` prepared dataset
-    (``prepared``, for runs trained by compare), so every model sees the same cells.
+    (``prepared``, for runs trained by compare), so every model sees the same cells. ``batch_size`` (default:
+    the run's) sets the cells per forward pass: the maps of all layers are held at once, layers x B x H x L^2
+    floats, so long cells want 1.
     """
     from sigcell.train import build_data
     from sigcell.train.parallel import DistInfo
@@ -141,8 +145,13 @@ def run_sinks_analysis(out: str | os.PathLike, models: Sequence[ModelSource], *,
     if corpus is not None and prepared is not None:
         msg = "sinks: pass either corpus or prepared, not both"
         raise ValueError(msg)
-    out = _out_dir(out, "sinks.json")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        msg = f"sinks: batch_size must be an integer >= 1, got {batch_size!r}"
+        raise ValueError(msg)
+    out = _out_dir(out, "sinks.json", create=False)  # created once the cells are loaded
     cfg = models[0].config
+    if batch_size is not None:
+        cfg.data.batch_size = batch_size
     per_batch = cfg.data.batch_size
     n_batches = -(-cells // per_batch)
     if prepared is not None:
@@ -153,6 +162,7 @@ def run_sinks_analysis(out: str | os.PathLike, models: Sequence[ModelSource], *,
         data = build_data(cfg, DistInfo())
         batches = [b for _, b in data.val_batches(n_batches)]
         source = data.info.get("source", "data")
+    out.mkdir(parents=True, exist_ok=True)
     log(f"sinks: {len(models)} model(s), {sum(b.num_cells for b in batches)} held-out cells "
         f"({source}), threshold {threshold:g}")
     results_models = []

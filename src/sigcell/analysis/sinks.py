@@ -91,7 +91,7 @@ def position_profile(attn: torch.Tensor, lengths: torch.Tensor, positions: int =
     for j in range(k):
         cells = lengths > j
         if cells.any():
-            out[:, j] = per_cell[cells.to(per_cell.device), :, j].mean(0)
+            out[:, j] = per_cell[cells.to(per_cell.device), :, j].mean(0).cpu()
     return out
 
 
@@ -146,13 +146,15 @@ def analyze_encoder(encoder: torch.nn.Module, batches: Iterable[Any], *, thresho
         lengths = lengths.to(torch.int64).cpu()
         maps = encoder.attention_maps(batch)
         b = lengths.numel()
-        for i, layer in enumerate(maps):
-            layer = layer.cpu()
-            stats = first_token_shares(layer, lengths)
+        for i in range(len(maps)):
+            layer, maps[i] = maps[i], None  # free each layer's maps once reduced
+            # Reduce on the maps' device: a layer's maps are B x H x L^2 (gigabytes at L = 8k).
+            stats = {k: v.cpu() for k, v in first_token_shares(layer, lengths).items()}
             for key, value in stats.items():
                 acc = sums.setdefault(key, [torch.zeros_like(value) for _ in range(n_layers)])
                 acc[i] += value * b  # batch means -> cell-weighted sums
-            prof = position_profile(layer, lengths, positions).mean(0)  # over heads
+            prof = position_profile(layer, lengths, positions).mean(0)  # over heads, on the CPU
+            del layer
             counts = torch.tensor([float((lengths > j).sum()) for j in range(positions)], dtype=torch.float64)
             profile[i] += torch.nan_to_num(prof) * counts
             profile_w[i] += counts

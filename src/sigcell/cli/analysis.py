@@ -96,6 +96,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--threshold", type=float, default=0.3, help="sink threshold on the share (default 0.3)")
     s.add_argument("--positions", type=int, default=16, help="leading key positions in the position profile")
     s.add_argument("--corpus", help="take the cells from this corpus instead of the run's data")
+    s.add_argument("--batch-size", type=int,
+                   help="cells per forward pass (default: the run's); all layers' maps are held at once, "
+                        "so use 1 for 8k-token cells")
     s.add_argument("--prepared", metavar="DIR",
                    help="take the held-out cells of a `sigcell compare` prepared dataset "
                         "(OUT/prepared/NAME), for runs trained by compare")
@@ -196,6 +199,7 @@ def run_sinks_cmd(args: argparse.Namespace) -> int:
 
     run_sinks_analysis(args.out, _sources(args), cells=args.cells, threshold=args.threshold,
                        positions=args.positions, corpus=args.corpus, prepared=args.prepared,
+                       batch_size=args.batch_size,
                        device=args.device,
                        plot=not args.no_plot)
     return 0
