@@ -110,3 +110,19 @@ def test_backward_is_deterministic():
     for a, b in zip(first[1], second[1], strict=True):
         if a is not None:
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+def test_head_major_grid_when_sequence_heads_exceed_grid_axis(layout, monkeypatch):
+    """More (sequence, head) pairs than CUDA's grid axis 1 allows: the kernels switch to the head-major grid
+    (BLOCK_FAST off) and must give the same result."""
+    monkeypatch.setattr(interface, "_MAX_GRID_Y", 3)
+    case = make_case(3500, layout=layout, heads=4, kv_heads=2, lq=21, causal=True, key_bias=True)
+    _check(case, torch.float32)
+
+
+def test_grid_order_is_chosen_by_size_and_env(monkeypatch):
+    assert interface._grid(5, 7) == ((5, 7), True)
+    assert interface._grid(5, interface._MAX_GRID_Y + 1) == ((interface._MAX_GRID_Y + 1, 5), False)
+    monkeypatch.setenv("SIGCELL_BLOCK_FAST_GRID", "0")
+    assert interface._grid(5, 7) == ((7, 5), False)

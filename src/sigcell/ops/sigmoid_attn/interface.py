@@ -176,6 +176,19 @@ def _common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid) -> dict:
     }
 
 
+# CUDA caps grid dimensions 1 and 2 at 65535 programs; dimension 0 is practically unbounded.
+_MAX_GRID_Y = 65535
+
+
+def _grid(n_blocks: int, n_bh: int) -> tuple[tuple[int, int], bool]:
+    """Grid and BLOCK_FAST flag: blocks of one (sequence, head) on axis 0 (launched together, sharing
+    K / V in L2) unless there are more (sequence, head) pairs than axis 1 allows.
+    ``SIGCELL_BLOCK_FAST_GRID=0`` forces the (sequence, head)-major order (benchmark A/B)."""
+    if n_bh <= _MAX_GRID_Y and os.environ.get("SIGCELL_BLOCK_FAST_GRID", "1") != "0":
+        return (n_blocks, n_bh), True
+    return (n_bh, n_blocks), False
+
+
 def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, ...]:
     """Strides of a 4-D ``[B', rows, H, D]`` tensor; packed inputs have no batch stride."""
     s = t.stride()
@@ -216,7 +229,7 @@ def _triton_forward(
     dummy = bias
 
     def launch(cfg):
-        grid = (n_seq * heads, _cdiv(span, cfg["BLOCK_M"]))
+        grid, block_fast = _grid(_cdiv(span, cfg["BLOCK_M"]), n_seq * heads)
         sigmoid_attn_fwd_kernel[grid](
             q,
             k,
@@ -239,6 +252,7 @@ def _triton_forward(
             heads,
             heads // k.shape[2],
             **_common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid),
+            BLOCK_FAST=block_fast,
             **cfg,
         )
 
@@ -294,7 +308,8 @@ def _triton_backward(
         )
 
         def launch_dkdv(cfg):
-            sigmoid_attn_bwd_dkdv_kernel[(n_seq * kv_heads, _cdiv(span_k, cfg["BLOCK_N"]))](
+            grid, block_fast = _grid(_cdiv(span_k, cfg["BLOCK_N"]), n_seq * kv_heads)
+            sigmoid_attn_bwd_dkdv_kernel[grid](
                 q,
                 k,
                 v,
@@ -323,6 +338,7 @@ def _triton_backward(
                 kv_heads,
                 heads // kv_heads,
                 **flags,
+                BLOCK_FAST=block_fast,
                 **cfg,
             )
 
@@ -330,7 +346,8 @@ def _triton_backward(
             nonlocal dbias_part
             num_m = _cdiv(max(span_q, 1), cfg["BLOCK_M"])
             dbias_part = torch.zeros(n_seq * heads, num_m, dtype=torch.float32, device=q.device)
-            sigmoid_attn_bwd_dq_kernel[(n_seq * heads, num_m)](
+            grid, block_fast = _grid(num_m, n_seq * heads)
+            sigmoid_attn_bwd_dq_kernel[grid](
                 q,
                 k,
                 v,
@@ -356,6 +373,7 @@ def _triton_backward(
                 heads,
                 heads // kv_heads,
                 **flags,
+                BLOCK_FAST=block_fast,
                 **cfg,
             )
 

@@ -184,6 +184,16 @@ def _fwd_step(
 
 
 @triton.jit
+def _program_ids(BLOCK_FAST: tl.constexpr):
+    """(sequence x head, block) of this program. BLOCK_FAST grids run the blocks of one (sequence, head)
+    next to each other, so the K / V (or Q / dO) they all stream stay in L2."""
+    if BLOCK_FAST:
+        return tl.program_id(1), tl.program_id(0)
+    else:
+        return tl.program_id(0), tl.program_id(1)
+
+
+@triton.jit
 def _key_loop_bounds(
     i_m, len_q, len_k, shift, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr
 ):
@@ -247,9 +257,10 @@ def sigmoid_attn_fwd_kernel(
     FAST_SIGMOID: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
+    BLOCK_FAST: tl.constexpr,
 ):
     """One program per (sequence, head, query block)."""
-    i_bh, i_m = tl.program_id(0), tl.program_id(1)
+    i_bh, i_m = _program_ids(BLOCK_FAST)
     i_b, i_h = i_bh // H, i_bh % H
     i_hk = i_h // GROUP
     start_q, len_q = tl.load(START_Q + i_b), tl.load(LEN_Q + i_b)
@@ -481,12 +492,13 @@ def sigmoid_attn_bwd_dkdv_kernel(
     FAST_SIGMOID: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
+    BLOCK_FAST: tl.constexpr,
 ):
     """One program per (sequence, KV head, key block): dK, dV and the per-key sum of dS for its group.
 
     Each program owns its output rows, so the result is deterministic (no atomics).
     """
-    i_bhk, i_n = tl.program_id(0), tl.program_id(1)
+    i_bhk, i_n = _program_ids(BLOCK_FAST)
     i_b, i_hk = i_bhk // HKV, i_bhk % HKV
     start_q, len_q = tl.load(START_Q + i_b), tl.load(LEN_Q + i_b)
     start_k, len_k = tl.load(START_K + i_b), tl.load(LEN_K + i_b)
@@ -798,9 +810,10 @@ def sigmoid_attn_bwd_dq_kernel(
     FAST_SIGMOID: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
+    BLOCK_FAST: tl.constexpr,
 ):
     """One program per (sequence, head, query block): dQ and the block's sum of dS (for d bias)."""
-    i_bh, i_m = tl.program_id(0), tl.program_id(1)
+    i_bh, i_m = _program_ids(BLOCK_FAST)
     i_b, i_h = i_bh // H, i_bh % H
     i_hk = i_h // GROUP
     start_q, len_q = tl.load(START_Q + i_b), tl.load(LEN_Q + i_b)
