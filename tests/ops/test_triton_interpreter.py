@@ -126,3 +126,25 @@ def test_grid_order_is_chosen_by_size_and_env(monkeypatch):
     assert interface._grid(5, interface._MAX_GRID_Y + 1) == ((interface._MAX_GRID_Y + 1, 5), False)
     monkeypatch.setenv("SIGCELL_BLOCK_FAST_GRID", "0")
     assert interface._grid(5, 7) == ((7, 5), False)
+
+
+@pytest.mark.parametrize(("layout", "causal", "dim"), [("padded", False, 40), ("varlen", True, 16),
+                                                       ("padded", True, 16), ("varlen", False, 40)])
+def test_forward_with_tma_descriptors(layout, causal, dim, monkeypatch):
+    """K / V through tensor descriptors (SIGCELL_FWD_TMA=1): rows past a sequence (padding, or the next
+    packed sequence) must not leak in; columns past D read as zero."""
+    monkeypatch.setenv("SIGCELL_FWD_TMA", "1")
+    built = []
+    real = interface._kv_descriptor
+    monkeypatch.setattr(interface, "_kv_descriptor", lambda t, cfg: built.append(t.shape) or real(t, cfg))
+    case = make_case(3600 + dim + causal, layout=layout, heads=4, kv_heads=2, dim=dim, lq=29, lk=37,
+                     causal=causal, key_bias=True, lens_q=[29, 3, 17], lens_k=[37, 1, 20])
+    _check(case, torch.bfloat16)
+    assert built, "the forward did not take the descriptor path"
+
+
+def test_tma_needs_aligned_strides():
+    x = torch.zeros(2, 8, 3, 16, dtype=torch.float16)
+    assert interface._tma_ok(x)
+    assert not interface._tma_ok(torch.zeros(2, 8, 3, 7, dtype=torch.float16))  # row stride 14 bytes
+    assert not interface._tma_ok(x[..., ::2])

@@ -189,6 +189,30 @@ def _grid(n_blocks: int, n_bh: int) -> tuple[tuple[int, int], bool]:
     return (n_bh, n_blocks), False
 
 
+def _tma_enabled() -> bool:
+    """Forward K / V loads through TMA tensor descriptors: ``SIGCELL_FWD_TMA=1`` (off by default until
+    measured on a GPU; see benchmarks/NOTES.md)."""
+    return os.environ.get("SIGCELL_FWD_TMA", "0") == "1"
+
+
+def _tma_ok(t: torch.Tensor) -> bool:
+    """TMA needs a unit last stride and 16-byte aligned base and other strides."""
+    size = t.element_size()
+    return (
+        t.dim() == 4
+        and t.stride(-1) == 1
+        and t.data_ptr() % 16 == 0
+        and all((st * size) % 16 == 0 for st in t.stride()[:-1])
+    )
+
+
+def _kv_descriptor(t: torch.Tensor, cfg: dict[str, int]):
+    """A ``[B', rows, H, D]`` descriptor whose loads are one key block of one head: ``[1, BN, 1, BD]``."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor.from_tensor(t, [1, cfg["BLOCK_N"], 1, cfg["BLOCK_D"]])
+
+
 def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, ...]:
     """Strides of a 4-D ``[B', rows, H, D]`` tensor; packed inputs have no batch stride."""
     s = t.stride()
@@ -228,12 +252,17 @@ def _triton_forward(
     span = max_seqlen_q if varlen else rows_q
     dummy = bias
 
+    use_tma = _tma_enabled() and _tma_ok(k) and _tma_ok(v)
+
     def launch(cfg):
         grid, block_fast = _grid(_cdiv(span, cfg["BLOCK_M"]), n_seq * heads)
+        k_desc, v_desc = (_kv_descriptor(t, cfg) for t in (k, v)) if use_tma else (k, v)
         sigmoid_attn_fwd_kernel[grid](
             q,
             k,
             v,
+            k_desc,
+            v_desc,
             out,
             bias,
             key_bias if key_bias is not None else dummy,
@@ -253,6 +282,7 @@ def _triton_forward(
             heads // k.shape[2],
             **_common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid),
             BLOCK_FAST=block_fast,
+            USE_TMA=use_tma,
             **cfg,
         )
 

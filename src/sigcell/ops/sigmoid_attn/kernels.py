@@ -126,6 +126,11 @@ def _fwd_step(
     b_q,
     k_base,
     v_base,
+    K_DESC,
+    V_DESC,
+    desc_b,
+    desc_row,
+    i_hk,
     kb_base,
     j0,
     o_m,
@@ -150,14 +155,24 @@ def _fwd_step(
     FAST_SIGMOID: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """Add one key block's ``sigmoid(s) v`` to the accumulator.
 
     Keys past ``len_k`` load as zero rows of K and V, so they add nothing without a mask on ``p``.
+    With USE_TMA, K and V come through tensor descriptors (bulk copies; columns past D read as 0); rows
+    past the sequence may belong to padding or the next packed sequence, so masked blocks zero them.
     """
     o_n = j0 + tl.arange(0, BLOCK_N)
-    b_k = _load_rows(k_base, o_n, o_d, stride_kt, stride_kd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
-    b_v = _load_rows(v_base, o_n, o_d, stride_vt, stride_vd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
+    if USE_TMA:
+        b_k = K_DESC.load([desc_b, desc_row + j0, i_hk, 0]).reshape(BLOCK_N, BLOCK_D)
+        b_v = V_DESC.load([desc_b, desc_row + j0, i_hk, 0]).reshape(BLOCK_N, BLOCK_D)
+        if MASK_KEYS:
+            b_k = tl.where((o_n < len_k)[:, None], b_k, 0.0)
+            b_v = tl.where((o_n < len_k)[:, None], b_v, 0.0)
+    else:
+        b_k = _load_rows(k_base, o_n, o_d, stride_kt, stride_kd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
+        b_v = _load_rows(v_base, o_n, o_d, stride_vt, stride_vd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
     b_s = _logits(
         b_q,
         b_k,
@@ -216,6 +231,8 @@ def sigmoid_attn_fwd_kernel(
     Q,
     K,
     V,
+    K_DESC,
+    V_DESC,
     O,
     BIAS,
     KEY_BIAS,
@@ -258,6 +275,7 @@ def sigmoid_attn_fwd_kernel(
     DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
     BLOCK_FAST: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """One program per (sequence, head, query block)."""
     i_bh, i_m = _program_ids(BLOCK_FAST)
@@ -279,6 +297,7 @@ def sigmoid_attn_fwd_kernel(
     k_base = K + i_b * stride_kb + i_hk * stride_kh + start_k * stride_kt
     v_base = V + i_b * stride_vb + i_hk * stride_vh + start_k * stride_vt
     kb_base = KEY_BIAS + i_b * stride_kbb + start_k * stride_kbt
+    desc_b = i_b if STORE_ALL_ROWS else 0  # descriptors: [B, rows, H, D] padded, [1, T, H, D] packed
 
     b_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     full, hi = _key_loop_bounds(i_m, len_q, len_k, shift, BLOCK_M, BLOCK_N, CAUSAL)
@@ -288,6 +307,11 @@ def sigmoid_attn_fwd_kernel(
             b_q,
             k_base,
             v_base,
+            K_DESC,
+            V_DESC,
+            desc_b,
+            start_k,
+            i_hk,
             kb_base,
             j0,
             o_m,
@@ -312,6 +336,7 @@ def sigmoid_attn_fwd_kernel(
             FAST_SIGMOID,
             DOT_PRECISION,
             EMULATE_BF16,
+            USE_TMA,
         )
     for j0 in range(full, hi, BLOCK_N):
         b_acc = _fwd_step(
@@ -319,6 +344,11 @@ def sigmoid_attn_fwd_kernel(
             b_q,
             k_base,
             v_base,
+            K_DESC,
+            V_DESC,
+            desc_b,
+            start_k,
+            i_hk,
             kb_base,
             j0,
             o_m,
@@ -343,6 +373,7 @@ def sigmoid_attn_fwd_kernel(
             FAST_SIGMOID,
             DOT_PRECISION,
             EMULATE_BF16,
+            USE_TMA,
         )
     # Padded query rows saw unmasked keys above; their output is defined as exactly 0.
     b_acc = tl.where((o_m < len_q)[:, None], b_acc, 0.0)
