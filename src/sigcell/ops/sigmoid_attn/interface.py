@@ -190,9 +190,9 @@ def _grid(n_blocks: int, n_bh: int) -> tuple[tuple[int, int], bool]:
 
 
 def _tma_enabled() -> bool:
-    """Forward K / V loads through TMA tensor descriptors: ``SIGCELL_FWD_TMA=1`` (off by default until
-    measured on a GPU; see benchmarks/NOTES.md)."""
-    return os.environ.get("SIGCELL_FWD_TMA", "0") == "1"
+    """Forward K / V loads through TMA tensor descriptors (where strides allow); ``SIGCELL_FWD_TMA=0``
+    turns them off (benchmark A/B; measured in benchmarks/NOTES.md, v6)."""
+    return os.environ.get("SIGCELL_FWD_TMA", "1") != "0"
 
 
 def _tma_ok(t: torch.Tensor) -> bool:
