@@ -1,6 +1,7 @@
 """The ``sigcell bench kernels`` and ``python -m sigcell.bench kernels`` command lines."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +79,30 @@ def test_cli_runs_end_to_end_on_cpu(tmp_path, capsys):
     assert {(r["case"], r["provider"]) for r in data["results"]} == {
         (c, p) for c in ("D16 L8 causal", "D16 L8 p50 causal") for p in ("sigcell-padded", "torch-sigmoid")}
     assert "sigcell vs peers" in out and "x torch-sigmoid" in out
+
+
+def test_report_rerenders_saved_results(tmp_path, capsys):
+    """`bench report` prints the tables of saved kernel and train JSON and draws their PNGs."""
+    pytest.importorskip("matplotlib")
+    code = cli_main(["bench", "kernels", "--preset", "tiny", "--d", "16", "--l", "8", "--padding", "0",
+                     "--modes", "fwd", "--dtype", "fp32", "--device", "cpu", "--providers", "torch-sigmoid",
+                     "--rep-ms", "1", "--warmup-ms", "0", "--no-plot", "--no-table", "--no-matmul",
+                     "--name", "rep", "--out", str(tmp_path)])
+    assert code == 0
+    (kernels,) = tmp_path.glob("rep-*.json")
+    train = tmp_path / "train.json"
+    saved = sorted(Path(__file__).parents[2].glob("benchmarks/results/train-quick-*.json"))
+    assert saved, "the repository keeps the GPU run of `bench train --preset quick`"
+    train.write_text(saved[0].read_text())
+    capsys.readouterr()
+    assert cli_main(["bench", "report", str(kernels), str(train)]) == 0
+    out = capsys.readouterr().out
+    assert "torch-sigmoid" in out and "issue 5 targets" in out
+    assert kernels.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert train.with_suffix(".png").is_file()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "something-else"}')
+    assert cli_main(["bench", "report", str(bad)]) == 2
+    assert "not a sigcell benchmark result" in capsys.readouterr().err
+    assert cli_main(["bench", "report", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err

@@ -131,8 +131,8 @@ def test_grid_order_is_chosen_by_size_and_env(monkeypatch):
 @pytest.mark.parametrize(("layout", "causal", "dim"), [("padded", False, 40), ("varlen", True, 16),
                                                        ("padded", True, 16), ("varlen", False, 40)])
 def test_forward_with_tma_descriptors(layout, causal, dim, monkeypatch):
-    """K / V through tensor descriptors (the default; SIGCELL_FWD_TMA=0 turns them off): rows past a sequence (padding, or the next
-    packed sequence) must not leak in; columns past D read as zero."""
+    """K / V through tensor descriptors (the default; SIGCELL_FWD_TMA=0 turns them off): rows past a
+    sequence (padding, or the next packed sequence) must not leak in; columns past D read as zero."""
     monkeypatch.setenv("SIGCELL_FWD_TMA", "1")
     built = []
     real = interface._kv_descriptor

@@ -205,6 +205,50 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     add_train_arguments(train)
     train.set_defaults(func=run_train)
+    report = sub.add_parser(
+        "report", help="print the tables of saved benchmark JSON and draw its PNG (e.g. from a GPU box)",
+        description="Re-render results written by `bench kernels` or `bench train` (for example on a GPU "
+                    "machine without matplotlib): print the tables and write RESULTS.png beside each file.",
+    )
+    report.add_argument("results", nargs="+", metavar="RESULTS.json")
+    report.add_argument("--no-plot", action="store_true", help="write no PNG")
+    report.add_argument("--no-table", action="store_true", help="print no tables")
+    report.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from sigcell.bench.report import plot_png, print_tables
+    from sigcell.bench.train_report import plot_train_png, print_train_tables
+
+    renderers = {"sigcell.bench.kernels/1": (print_tables, plot_png),
+                 "sigcell.bench.train/1": (print_train_tables, plot_train_png)}
+    loaded = []
+    for name in args.results:
+        path = Path(name)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            print(f"sigcell bench report: cannot read {path}: {err}", file=sys.stderr)
+            return 2
+        if not isinstance(data, dict) or data.get("schema") not in renderers:
+            print(f"sigcell bench report: {path} is not a sigcell benchmark result (schema "
+                  f"{data.get('schema') if isinstance(data, dict) else None!r}; expected one of "
+                  f"{', '.join(renderers)})", file=sys.stderr)
+            return 2
+        loaded.append((path, data))
+    for path, data in loaded:
+        tables, plot = renderers[data["schema"]]
+        if not args.no_table:
+            print(f"== {path}")
+            tables(data, sys.stdout)
+        if not args.no_plot:
+            png = path.with_suffix(".png")
+            reason = plot(data, png)
+            print(f"wrote {png}" if reason is None else f"no PNG for {path}: {reason}")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------
