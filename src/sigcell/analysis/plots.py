@@ -149,15 +149,20 @@ def plot_sinks(results: dict[str, Any], path: str | os.PathLike) -> Path:
     plt = _pyplot()
     models = results["models"]
     panels = [(m, "share") for m in models] + [(m, "raw") for m in models if m["attention"] == "sigmoid"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.4), squeeze=False)
+    n_layers, n_heads = len(models[0]["share"]), len(models[0]["share"][0])
+    width = max(3.6, 0.3 * n_heads + 1.2)  # wide enough for one label per head
+    height = max(3.4, 0.25 * n_layers + 1.4)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels) + 0.8, height), squeeze=False)
+    label_cells = n_heads <= 8  # numbers in the cells only while they fit
     im = None
     for ax, (m, key) in zip(axes[0], panels, strict=True):
         data = m[key]
         im = ax.imshow(data, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
         for i, row in enumerate(data):
             for j, v in enumerate(row):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if v < 0.6 else "black")
+                if label_cells:
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if v < 0.6 else "black")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         what = "share of row mass" if key == "share" else "raw weight"
@@ -168,7 +173,7 @@ def plot_sinks(results: dict[str, Any], path: str | os.PathLike) -> Path:
         ax.set_yticks(range(len(data)))
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     fig.suptitle(f"attention on the first token (threshold {results['threshold']:g}; uniform share "
-                 f"{models[0]['uniform']:.3f})", fontsize=9, y=1.1)
+                 f"{models[0]['uniform']:.2g})", fontsize=9, y=1.1)
     out = _save(fig, path)
     plt.close(fig)
     return out
