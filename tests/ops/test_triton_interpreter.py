@@ -30,6 +30,16 @@ def _check(case, dtype):
     check_kernels(case, dtype, interface.triton_on_cpu, contextlib.nullcontext)
 
 
+@pytest.fixture(params=["split", "fused"])
+def backward(request, monkeypatch):
+    """Both backward paths: the default split kernels and the opt-in fused one (SIGCELL_FUSED_BWD=1)."""
+    if request.param == "fused":
+        monkeypatch.setenv("SIGCELL_FUSED_BWD", "1")
+    else:
+        monkeypatch.delenv("SIGCELL_FUSED_BWD", raising=False)
+    return request.param
+
+
 GRID = list(itertools.product(DTYPES, [False, True], ["padded", "varlen"], [(4, 4), (4, 1)], [16, 40]))
 
 
@@ -67,7 +77,7 @@ def test_length_one_and_empty_sequences(layout, causal):
     _check(case, torch.float16)
 
 
-def test_all_padding_batch():
+def test_all_padding_batch(backward):
     case = make_case(3100, lq=7, lens_q=[0, 0], lens_k=[0, 0])
     got = _triton(case, torch.float32)
     assert got[0].abs().max().item() == 0.0
@@ -77,7 +87,7 @@ def test_all_padding_batch():
 
 
 @pytest.mark.parametrize("logit_scale", [1e4, -1e4])
-def test_extreme_logits_stay_finite(logit_scale):
+def test_extreme_logits_stay_finite(logit_scale, backward):
     """Scores of about +-1e4: no NaN / Inf; outputs and dV match. dS = dP * p * (1 - p) is 0 in float32
     wherever |s| > ~17 while float64 keeps terms down to e^-36, so the logit gradients are compared
     in absolute terms."""
@@ -93,7 +103,7 @@ def test_extreme_logits_stay_finite(logit_scale):
             assert (got - ref).norm().item() <= 1e-3 * ref.norm().item() + 1e-4
 
 
-def test_non_contiguous_inputs():
+def test_non_contiguous_inputs(backward):
     case = make_case(3300, dim=32, lq=23)
     # A view with every stride non-standard: heads and sequence swapped in memory, every other element.
     case.q = case.q.transpose(1, 2).contiguous().transpose(1, 2)
@@ -148,3 +158,110 @@ def test_tma_needs_aligned_strides():
     assert interface._tma_ok(x)
     assert not interface._tma_ok(torch.zeros(2, 8, 3, 7, dtype=torch.float16))  # row stride 14 bytes
     assert not interface._tma_ok(x[..., ::2])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Opt-in fused backward (SIGCELL_FUSED_BWD=1): dK / dV per key block plus dQ through float32 atomics.
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fused_bwd(monkeypatch):
+    monkeypatch.setenv("SIGCELL_FUSED_BWD", "1")
+
+
+FUSED_HEADS = [(4, 4), (4, 2), (4, 1)]  # MHA, GQA, MQA
+FUSED_GRID = list(
+    itertools.product(["fp32", "bf16"], [False, True], ["padded", "varlen"], FUSED_HEADS, [16, 40])
+)
+
+
+@pytest.mark.parametrize(("dtype", "causal", "layout", "heads", "dim"), FUSED_GRID)
+def test_fused_backward_matches_reference(dtype, causal, layout, heads, dim, fused_bwd):
+    index = FUSED_GRID.index((dtype, causal, layout, heads, dim))
+    case = make_case(
+        4000 + index,
+        layout=layout,
+        heads=heads[0],
+        kv_heads=heads[1],
+        dim=dim,
+        causal=causal,
+        bias_mode=("none", "float", "tensor")[index % 3],
+        key_bias=index % 2 == 0,
+        alibi=index % 4 == 1,
+        # Lq > Lk (causal: leading queries see no key) and Lq < Lk, several partial blocks.
+        lq=37 if index // 3 % 2 else 29,
+        lk=29 if index // 3 % 2 else 37,
+    )
+    _check(case, DTYPES[dtype])
+
+
+@pytest.mark.parametrize("dim", [8, 80])
+def test_fused_odd_head_dims(dim, fused_bwd):
+    case = make_case(4100 + dim, dim=dim, heads=2, kv_heads=1, lq=21, bias_mode="tensor", causal=True)
+    _check(case, torch.float32)
+
+
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_length_one_and_empty_sequences(layout, causal, fused_bwd):
+    case = make_case(
+        4200 + causal,
+        layout=layout,
+        lq=5,
+        lk=5,
+        lens_q=[1, 0, 5, 0],
+        lens_k=[1, 0, 0, 5],
+        causal=causal,
+        bias_mode="tensor",
+    )
+    _check(case, torch.float32)
+    _check(case, torch.bfloat16)
+
+
+def test_fused_padded_query_rows_get_exactly_zero_dq(fused_bwd):
+    case = make_case(4300, lq=21, lk=18, lens_q=[21, 4, 13], lens_k=[18, 18, 2], heads=4, kv_heads=1)
+    _, grads = _triton(case, torch.bfloat16)
+    pad = torch.arange(21).view(1, -1) >= case.lens_q.view(-1, 1)
+    assert torch.isfinite(grads[0]).all()
+    assert grads[0][pad].abs().max().item() == 0.0
+    assert grads[0][~pad].abs().max().item() > 0.0
+
+
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+def test_fused_head_major_grid(layout, monkeypatch, fused_bwd):
+    """BLOCK_FAST off (more (sequence, KV head) pairs than grid axis 1 allows)."""
+    monkeypatch.setattr(interface, "_MAX_GRID_Y", 3)
+    case = make_case(4400, layout=layout, heads=4, kv_heads=2, lq=21, causal=True, key_bias=True, alibi=True)
+    _check(case, torch.float32)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_backward_kernels_taken(fused, monkeypatch):
+    """SIGCELL_FUSED_BWD=1 launches the fused kernel alone; without it, the split dK / dV and dQ kernels."""
+    from sigcell.ops.sigmoid_attn import kernels
+
+    if fused:
+        monkeypatch.setenv("SIGCELL_FUSED_BWD", "1")
+    else:
+        monkeypatch.delenv("SIGCELL_FUSED_BWD", raising=False)
+    launched = []
+
+    class Counted:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launched.append(self.name)
+            return self.kernel[grid]
+
+    names = ("sigmoid_attn_bwd_dkdv_kernel", "sigmoid_attn_bwd_dq_kernel", "sigmoid_attn_bwd_fused_kernel")
+    for name in names:
+        monkeypatch.setattr(kernels, name, Counted(name, getattr(kernels, name)))
+    case = make_case(4500, lq=9, heads=2, kv_heads=1, key_bias=True, bias_mode="tensor")
+    _check(case, torch.float32)
+    # _check runs the kernels once (the reference runs plain PyTorch).
+    if fused:
+        assert launched == ["sigmoid_attn_bwd_fused_kernel"]
+    else:
+        assert launched == ["sigmoid_attn_bwd_dkdv_kernel", "sigmoid_attn_bwd_dq_kernel"]

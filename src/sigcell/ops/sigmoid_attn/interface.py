@@ -96,7 +96,7 @@ def _interpreting() -> bool:
 
 
 # Block sizes and warps per kernel and padded head dim (16 .. 256), chosen by benchmarks/sweep_configs.py
-# on an H200 (benchmarks/NOTES.md). Keys: "fwd", "dkdv", "dq".
+# on an H200 (benchmarks/NOTES.md). Keys: "fwd", "dkdv", "dq", "fused" (the opt-in fused backward).
 _CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
     # BLOCK_D: (BLOCK_M, BLOCK_N, num_warps, num_stages)
     "fwd": {
@@ -120,6 +120,15 @@ _CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
         64: (64, 64, 4, 2),
         128: (128, 128, 8, 2),
         256: (64, 64, 4, 2),
+    },
+    # The dK/dV configs (same program layout), not swept yet. D = 256 takes 8 warps: with 4, ptxas
+    # (sm_90a, compiled without a GPU) kept 32 registers and spilled 22 KB; with 8, 0.5 KB.
+    "fused": {
+        16: (64, 64, 4, 2),
+        32: (64, 64, 4, 2),
+        64: (64, 64, 4, 2),
+        128: (64, 64, 4, 2),
+        256: (32, 32, 8, 1),
     },
 }
 # float32 takes the FMA path ("ieee" products, no tensor cores): small tiles keep shared memory within
@@ -309,7 +318,19 @@ def _triton_backward(
     max_seqlen_k,
     fast_sigmoid,
 ):
-    from sigcell.ops.sigmoid_attn.kernels import sigmoid_attn_bwd_dkdv_kernel, sigmoid_attn_bwd_dq_kernel
+    """dq, dk, dv, d bias ``[B, H]`` and d key_bias (or None).
+
+    By default two deterministic kernels: dK / dV per key block, then dQ per query block (each recomputes
+    S and dP: 7 block matmuls per (query block, key block) pair). ``SIGCELL_FUSED_BWD=1`` selects one
+    fused kernel per key block that also adds dQ into a float32 buffer with atomics (5 matmuls; the buffer
+    takes 4 bytes per element of q). Its dQ is nondeterministic: the order of the float32 additions varies
+    from run to run. d bias and d key_bias stay deterministic on both paths.
+    """
+    from sigcell.ops.sigmoid_attn.kernels import (
+        sigmoid_attn_bwd_dkdv_kernel,
+        sigmoid_attn_bwd_dq_kernel,
+        sigmoid_attn_bwd_fused_kernel,
+    )
 
     n_seq, heads = bias.shape
     kv_heads = k.shape[2]
@@ -320,7 +341,7 @@ def _triton_backward(
     span_q = max_seqlen_q if varlen else rows_q
     span_k = max_seqlen_k if varlen else rows_k
     # Partial sums, reduced below in a fixed order (deterministic): per (kv head, key row) for d key_bias,
-    # per (b, h, query block) for d bias.
+    # per (b, h, query block) for d bias (per key block in the fused kernel).
     dkb_part = None
     if key_bias is not None:
         dkb_part = torch.zeros(kv_heads, *key_bias.shape, dtype=torch.float32, device=q.device)
@@ -407,8 +428,58 @@ def _triton_backward(
                 **cfg,
             )
 
-        _launch("dkdv", q, launch_dkdv)
-        _launch("dq", q, launch_dq)
+        def launch_fused(cfg):
+            nonlocal dbias_part, dq_acc
+            num_n = _cdiv(max(span_k, 1), cfg["BLOCK_N"])
+            # Programs add to dQ rows and skip padding rows, which stay exactly 0; one d bias partial per
+            # (sequence, head, key block).
+            dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+            dbias_part = torch.zeros(n_seq * heads, num_n, dtype=torch.float32, device=q.device)
+            grid, block_fast = _grid(num_n, n_seq * kv_heads)
+            sigmoid_attn_bwd_fused_kernel[grid](
+                q,
+                k,
+                v,
+                dout,
+                dq_acc,
+                dk,
+                dv,
+                dkb_part if dkb_part is not None else dummy,
+                dbias_part,
+                bias,
+                kb,
+                sl,
+                start_q,
+                len_q,
+                start_k,
+                len_k,
+                *_strides(q, varlen),
+                *_strides(k, varlen),
+                *_strides(v, varlen),
+                *_strides(dout, varlen),
+                *_strides(dq_acc, varlen),
+                *_strides(dk, varlen),
+                *_strides(dv, varlen),
+                *kb_strides,
+                *dkb_strides,
+                scale,
+                rows_k,
+                num_n,
+                heads,
+                kv_heads,
+                heads // kv_heads,
+                **flags,
+                BLOCK_FAST=block_fast,
+                **cfg,
+            )
+
+        if os.environ.get("SIGCELL_FUSED_BWD") == "1":
+            dq_acc = None
+            _launch("fused", q, launch_fused)
+            dq.copy_(dq_acc)
+        else:
+            _launch("dkdv", q, launch_dkdv)
+            _launch("dq", q, launch_dq)
     else:
         for grad in (dq, dk, dv):
             grad.zero_()

@@ -1,4 +1,5 @@
-"""Triton kernels of sigmoid attention: forward, backward dK / dV, backward dQ.
+"""Triton kernels of sigmoid attention: forward, backward dK / dV, backward dQ, and an opt-in fused
+backward (dK / dV plus dQ through float32 atomics).
 
 One layout serves padded and packed inputs: a tensor ``[B', rows, H, D]`` plus, per sequence ``b``,
 the first row ``start[b]`` and the length ``len[b]``. Padded batches have ``start = 0`` and the batch
@@ -118,6 +119,30 @@ def _load_rows(
 def _store_rows(base, o_r, o_d, stride_t, stride_d, n_rows, value, HEAD_DIM: tl.constexpr):
     ptrs = base + o_r[:, None] * stride_t + o_d[None, :] * stride_d
     tl.store(ptrs, value, mask=(o_r < n_rows)[:, None] & (o_d < HEAD_DIM)[None, :])
+
+
+@triton.jit
+def _atomic_add_rows(
+    base,
+    o_r,
+    o_d,
+    stride_t,
+    stride_d,
+    n_rows,
+    value,
+    MASK_ROWS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Add ``value`` to rows ``o_r`` of a float32 [rows, D] slice, skipping rows past ``n_rows`` (padding
+    or the next packed sequence) and columns past D. Relaxed order: only the sum after the kernel counts."""
+    ptrs = base + o_r[:, None] * stride_t + o_d[None, :] * stride_d
+    if MASK_ROWS:
+        tl.atomic_add(ptrs, value, mask=(o_r < n_rows)[:, None] & (o_d < HEAD_DIM)[None, :], sem="relaxed")
+    elif BLOCK_D == HEAD_DIM:
+        tl.atomic_add(ptrs, value, sem="relaxed")
+    else:
+        tl.atomic_add(ptrs, value, mask=(o_d < HEAD_DIM)[None, :], sem="relaxed")
 
 
 @triton.jit
@@ -409,10 +434,13 @@ def _dkdv_step(
     bias,
     slope,
     kb_base,
+    dq_base,
     stride_qt,
     stride_qd,
     stride_dot,
     stride_dod,
+    stride_dqt,
+    stride_dqd,
     stride_kbt,
     MASK_ROWS: tl.constexpr,
     MASK_CAUSAL: tl.constexpr,
@@ -424,8 +452,10 @@ def _dkdv_step(
     FAST_SIGMOID: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
 ):
-    """Add one query block's contribution to dK, dV and the per-key sums of dS.
+    """Add one query block's contribution to dK, dV and the per-key sums of dS; with ATOMIC_DQ, also add
+    ``scale dS k`` to the float32 dQ rows at ``dq_base`` (the fused backward).
 
     Query rows past ``len_q`` load as zero rows of Q and dO, so their dS and p^T dO vanish unmasked.
     """
@@ -457,8 +487,199 @@ def _dkdv_step(
     b_dp = _dot(b_do, tl.trans(b_v), DOT_PRECISION, EMULATE_BF16)  # [BM, BN]
     b_ds = b_dp * b_p * (1.0 - b_p)
     b_dv += _dot(tl.trans(_round(b_p, b_do.dtype, EMULATE_BF16)), b_do, DOT_PRECISION, EMULATE_BF16)
-    b_dk += _dot(tl.trans(_round(b_ds, b_q.dtype, EMULATE_BF16)), b_q, DOT_PRECISION, EMULATE_BF16)
+    b_ds_in = _round(b_ds, b_q.dtype, EMULATE_BF16)  # the matmul operand, as in the dQ kernel
+    b_dk += _dot(tl.trans(b_ds_in), b_q, DOT_PRECISION, EMULATE_BF16)
     b_dkb += tl.sum(b_ds, axis=0)
+    if ATOMIC_DQ:
+        # dQ rows get dS k from every key block's program: one matmul here instead of the dQ kernel's
+        # recomputed S and dP (5 block matmuls per pair instead of 7).
+        b_dq = _dot(b_ds_in, b_k, DOT_PRECISION, EMULATE_BF16) * scale
+        _atomic_add_rows(dq_base, o_m, o_d, stride_dqt, stride_dqd, len_q, b_dq, MASK_ROWS, HEAD_DIM, BLOCK_D)
+    return b_dk, b_dv, b_dkb
+
+
+@triton.jit
+def _query_loop_bounds(
+    n0, len_q, len_k, shift, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr
+):
+    """For the key block at ``n0`` (the dK / dV side of :func:`_key_loop_bounds`): query blocks
+    ``[lo, diag_end)`` lie on the causal diagonal (masked), ``[max(diag_end, lo), rows_end)`` are whole
+    visible blocks (no masks), ``[tail_start, q_end)`` is the last partial block (masked rows). All empty
+    for a block of padding keys."""
+    q_end = tl.where(n0 < len_k, len_q, 0)
+    rows_end = q_end // BLOCK_M * BLOCK_M
+    lo = 0
+    diag_end = 0
+    if CAUSAL:
+        lo = tl.maximum(n0 - shift, 0) // BLOCK_M * BLOCK_M
+        diag_end = tl.maximum(n0 + BLOCK_N - 1 - shift + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
+    diag_end = tl.minimum(diag_end, rows_end)
+    tail_start = tl.maximum(rows_end, lo)
+    return lo, diag_end, rows_end, tail_start, q_end
+
+
+@triton.jit
+def _dkdv_query_blocks(
+    b_dk,
+    b_dv,
+    b_dkb,
+    b_k,
+    b_v,
+    q_base,
+    do_base,
+    dq_base,
+    lo,
+    diag_end,
+    rows_end,
+    tail_start,
+    q_end,
+    o_n,
+    o_d,
+    len_q,
+    len_k,
+    shift,
+    scale,
+    bias,
+    slope,
+    kb_base,
+    stride_qt,
+    stride_qd,
+    stride_dot,
+    stride_dod,
+    stride_dqt,
+    stride_dqd,
+    stride_kbt,
+    CAUSAL: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_KEY_BIAS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
+):
+    """:func:`_dkdv_step` over the query blocks of one head that see the key block (bounds of
+    :func:`_query_loop_bounds`)."""
+    for m0 in range(lo, diag_end, BLOCK_M):
+        b_dk, b_dv, b_dkb = _dkdv_step(
+            b_dk,
+            b_dv,
+            b_dkb,
+            b_k,
+            b_v,
+            q_base,
+            do_base,
+            m0,
+            o_n,
+            o_d,
+            len_q,
+            len_k,
+            shift,
+            scale,
+            bias,
+            slope,
+            kb_base,
+            dq_base,
+            stride_qt,
+            stride_qd,
+            stride_dot,
+            stride_dod,
+            stride_dqt,
+            stride_dqd,
+            stride_kbt,
+            False,
+            True,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_M,
+            HAS_KEY_BIAS,
+            HAS_ALIBI,
+            FAST_SIGMOID,
+            DOT_PRECISION,
+            EMULATE_BF16,
+            ATOMIC_DQ,
+        )
+    for m0 in range(tl.maximum(diag_end, lo), rows_end, BLOCK_M):
+        b_dk, b_dv, b_dkb = _dkdv_step(
+            b_dk,
+            b_dv,
+            b_dkb,
+            b_k,
+            b_v,
+            q_base,
+            do_base,
+            m0,
+            o_n,
+            o_d,
+            len_q,
+            len_k,
+            shift,
+            scale,
+            bias,
+            slope,
+            kb_base,
+            dq_base,
+            stride_qt,
+            stride_qd,
+            stride_dot,
+            stride_dod,
+            stride_dqt,
+            stride_dqd,
+            stride_kbt,
+            False,
+            False,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_M,
+            HAS_KEY_BIAS,
+            HAS_ALIBI,
+            FAST_SIGMOID,
+            DOT_PRECISION,
+            EMULATE_BF16,
+            ATOMIC_DQ,
+        )
+    for m0 in range(tail_start, q_end, BLOCK_M):
+        b_dk, b_dv, b_dkb = _dkdv_step(
+            b_dk,
+            b_dv,
+            b_dkb,
+            b_k,
+            b_v,
+            q_base,
+            do_base,
+            m0,
+            o_n,
+            o_d,
+            len_q,
+            len_k,
+            shift,
+            scale,
+            bias,
+            slope,
+            kb_base,
+            dq_base,
+            stride_qt,
+            stride_qd,
+            stride_dot,
+            stride_dod,
+            stride_dqt,
+            stride_dqd,
+            stride_kbt,
+            True,
+            CAUSAL,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_M,
+            HAS_KEY_BIAS,
+            HAS_ALIBI,
+            FAST_SIGMOID,
+            DOT_PRECISION,
+            EMULATE_BF16,
+            ATOMIC_DQ,
+        )
     return b_dk, b_dv, b_dkb
 
 
@@ -568,128 +789,57 @@ def sigmoid_attn_bwd_dkdv_kernel(
     b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     b_dkb = tl.zeros([BLOCK_N], dtype=tl.float32)
-    # Query blocks: [lo, diag_end) on the causal diagonal (masked), then whole visible blocks up to
-    # rows_end (no masks), then the last partial block (masked rows).
-    q_end = tl.where(n0 < len_k, len_q, 0)
-    rows_end = q_end // BLOCK_M * BLOCK_M
-    lo = 0
-    diag_end = 0
-    if CAUSAL:
-        lo = tl.maximum(n0 - shift, 0) // BLOCK_M * BLOCK_M
-        diag_end = tl.maximum(n0 + BLOCK_N - 1 - shift + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
-    diag_end = tl.minimum(diag_end, rows_end)
-    tail_start = tl.maximum(rows_end, lo)
+    lo, diag_end, rows_end, tail_start, q_end = _query_loop_bounds(
+        n0, len_q, len_k, shift, BLOCK_M, BLOCK_N, CAUSAL
+    )
     for g in range(GROUP):
         i_h = i_hk * GROUP + g
         bias = tl.load(BIAS + i_b * H + i_h)
         slope = tl.load(SLOPES + i_b * H + i_h) if HAS_ALIBI else 0.0
         q_base = Q + i_b * stride_qb + i_h * stride_qh + start_q * stride_qt
         do_base = DO + i_b * stride_dob + i_h * stride_doh + start_q * stride_dot
-        for m0 in range(lo, diag_end, BLOCK_M):
-            b_dk, b_dv, b_dkb = _dkdv_step(
-                b_dk,
-                b_dv,
-                b_dkb,
-                b_k,
-                b_v,
-                q_base,
-                do_base,
-                m0,
-                o_n,
-                o_d,
-                len_q,
-                len_k,
-                shift,
-                scale,
-                bias,
-                slope,
-                kb_base,
-                stride_qt,
-                stride_qd,
-                stride_dot,
-                stride_dod,
-                stride_kbt,
-                False,
-                True,
-                HEAD_DIM,
-                BLOCK_D,
-                BLOCK_M,
-                HAS_KEY_BIAS,
-                HAS_ALIBI,
-                FAST_SIGMOID,
-                DOT_PRECISION,
-                EMULATE_BF16,
-            )
-        for m0 in range(tl.maximum(diag_end, lo), rows_end, BLOCK_M):
-            b_dk, b_dv, b_dkb = _dkdv_step(
-                b_dk,
-                b_dv,
-                b_dkb,
-                b_k,
-                b_v,
-                q_base,
-                do_base,
-                m0,
-                o_n,
-                o_d,
-                len_q,
-                len_k,
-                shift,
-                scale,
-                bias,
-                slope,
-                kb_base,
-                stride_qt,
-                stride_qd,
-                stride_dot,
-                stride_dod,
-                stride_kbt,
-                False,
-                False,
-                HEAD_DIM,
-                BLOCK_D,
-                BLOCK_M,
-                HAS_KEY_BIAS,
-                HAS_ALIBI,
-                FAST_SIGMOID,
-                DOT_PRECISION,
-                EMULATE_BF16,
-            )
-        for m0 in range(tail_start, q_end, BLOCK_M):
-            b_dk, b_dv, b_dkb = _dkdv_step(
-                b_dk,
-                b_dv,
-                b_dkb,
-                b_k,
-                b_v,
-                q_base,
-                do_base,
-                m0,
-                o_n,
-                o_d,
-                len_q,
-                len_k,
-                shift,
-                scale,
-                bias,
-                slope,
-                kb_base,
-                stride_qt,
-                stride_qd,
-                stride_dot,
-                stride_dod,
-                stride_kbt,
-                True,
-                CAUSAL,
-                HEAD_DIM,
-                BLOCK_D,
-                BLOCK_M,
-                HAS_KEY_BIAS,
-                HAS_ALIBI,
-                FAST_SIGMOID,
-                DOT_PRECISION,
-                EMULATE_BF16,
-            )
+        b_dk, b_dv, b_dkb = _dkdv_query_blocks(
+            b_dk,
+            b_dv,
+            b_dkb,
+            b_k,
+            b_v,
+            q_base,
+            do_base,
+            q_base,  # no dQ here (ATOMIC_DQ off)
+            lo,
+            diag_end,
+            rows_end,
+            tail_start,
+            q_end,
+            o_n,
+            o_d,
+            len_q,
+            len_k,
+            shift,
+            scale,
+            bias,
+            slope,
+            kb_base,
+            stride_qt,
+            stride_qd,
+            stride_dot,
+            stride_dod,
+            0,
+            0,
+            stride_kbt,
+            CAUSAL,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_M,
+            BLOCK_N,
+            HAS_KEY_BIAS,
+            HAS_ALIBI,
+            FAST_SIGMOID,
+            DOT_PRECISION,
+            EMULATE_BF16,
+            False,
+        )
 
     # Padded keys (zero rows of K and V) still got p^T dO above; their gradients are defined as 0.
     m_key = (o_n < len_k)[:, None]
@@ -966,3 +1116,203 @@ def sigmoid_attn_bwd_dq_kernel(
         HEAD_DIM,
     )
     tl.store(DBIAS + i_bh * num_m_blocks + i_m, tl.sum(b_dbias, axis=0))
+
+
+@triton.jit
+def sigmoid_attn_bwd_fused_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DQ,
+    DK,
+    DV,
+    DKB,
+    DBIAS,
+    BIAS,
+    KEY_BIAS,
+    SLOPES,
+    START_Q,
+    LEN_Q,
+    START_K,
+    LEN_K,
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_qd,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_kd,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_vd,
+    stride_dob,
+    stride_dot,
+    stride_doh,
+    stride_dod,
+    stride_dqb,
+    stride_dqt,
+    stride_dqh,
+    stride_dqd,
+    stride_dkb,
+    stride_dkt,
+    stride_dkh,
+    stride_dkd,
+    stride_dvb,
+    stride_dvt,
+    stride_dvh,
+    stride_dvd,
+    stride_kbb,
+    stride_kbt,
+    stride_dkbh,
+    stride_dkbb,
+    stride_dkbt,
+    scale,
+    rows_k,
+    num_n_blocks,
+    H: tl.constexpr,
+    HKV: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_KEY_BIAS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    STORE_ALL_ROWS: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+    BLOCK_FAST: tl.constexpr,
+):
+    """One program per (sequence, KV head, key block), as the dK / dV kernel, which also adds the block's
+    ``scale dS k`` to a zeroed float32 dQ (``tl.atomic_add``, so dQ is not deterministic) and writes the
+    sum of dS per (sequence, head, key block) to ``DBIAS`` (for d bias)."""
+    i_bhk, i_n = _program_ids(BLOCK_FAST)
+    i_b, i_hk = i_bhk // HKV, i_bhk % HKV
+    start_q, len_q = tl.load(START_Q + i_b), tl.load(LEN_Q + i_b)
+    start_k, len_k = tl.load(START_K + i_b), tl.load(LEN_K + i_b)
+    store_rows = rows_k if STORE_ALL_ROWS else len_k
+    n0 = i_n * BLOCK_N
+    if n0 >= store_rows:
+        return
+    shift = len_k - len_q
+
+    o_n = n0 + tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    b_k = _load_rows(
+        K + i_b * stride_kb + i_hk * stride_kh + start_k * stride_kt,
+        o_n,
+        o_d,
+        stride_kt,
+        stride_kd,
+        len_k,
+        True,
+        HEAD_DIM,
+        BLOCK_D,
+    )  # [BN, BD]
+    b_v = _load_rows(
+        V + i_b * stride_vb + i_hk * stride_vh + start_k * stride_vt,
+        o_n,
+        o_d,
+        stride_vt,
+        stride_vd,
+        len_k,
+        True,
+        HEAD_DIM,
+        BLOCK_D,
+    )
+    kb_base = KEY_BIAS + i_b * stride_kbb + start_k * stride_kbt
+
+    b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    b_dkb = tl.zeros([BLOCK_N], dtype=tl.float32)
+    lo, diag_end, rows_end, tail_start, q_end = _query_loop_bounds(
+        n0, len_q, len_k, shift, BLOCK_M, BLOCK_N, CAUSAL
+    )
+    for g in range(GROUP):
+        i_h = i_hk * GROUP + g
+        bias = tl.load(BIAS + i_b * H + i_h)
+        slope = tl.load(SLOPES + i_b * H + i_h) if HAS_ALIBI else 0.0
+        q_base = Q + i_b * stride_qb + i_h * stride_qh + start_q * stride_qt
+        do_base = DO + i_b * stride_dob + i_h * stride_doh + start_q * stride_dot
+        dq_base = DQ + i_b * stride_dqb + i_h * stride_dqh + start_q * stride_dqt
+        # Per-key sums of dS for this head alone: their total is its d bias partial.
+        b_dsum = tl.zeros([BLOCK_N], dtype=tl.float32)
+        b_dk, b_dv, b_dsum = _dkdv_query_blocks(
+            b_dk,
+            b_dv,
+            b_dsum,
+            b_k,
+            b_v,
+            q_base,
+            do_base,
+            dq_base,
+            lo,
+            diag_end,
+            rows_end,
+            tail_start,
+            q_end,
+            o_n,
+            o_d,
+            len_q,
+            len_k,
+            shift,
+            scale,
+            bias,
+            slope,
+            kb_base,
+            stride_qt,
+            stride_qd,
+            stride_dot,
+            stride_dod,
+            stride_dqt,
+            stride_dqd,
+            stride_kbt,
+            CAUSAL,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_M,
+            BLOCK_N,
+            HAS_KEY_BIAS,
+            HAS_ALIBI,
+            FAST_SIGMOID,
+            DOT_PRECISION,
+            EMULATE_BF16,
+            True,
+        )
+        b_dkb += b_dsum
+        # Each (sequence, head, key block) slot has one writer: no atomics, reduced on the host side.
+        tl.store(DBIAS + (i_b * H + i_h) * num_n_blocks + i_n, tl.sum(b_dsum, axis=0))
+
+    # Padded keys (zero rows of K and V) still got p^T dO above; their gradients are defined as 0.
+    m_key = (o_n < len_k)[:, None]
+    b_dv = tl.where(m_key, b_dv, 0.0)
+    dk_base = DK + i_b * stride_dkb + i_hk * stride_dkh + start_k * stride_dkt
+    dv_base = DV + i_b * stride_dvb + i_hk * stride_dvh + start_k * stride_dvt
+    _store_rows(
+        dk_base,
+        o_n,
+        o_d,
+        stride_dkt,
+        stride_dkd,
+        store_rows,
+        _round(b_dk * scale, DK.dtype.element_ty, EMULATE_BF16),
+        HEAD_DIM,
+    )
+    _store_rows(
+        dv_base,
+        o_n,
+        o_d,
+        stride_dvt,
+        stride_dvd,
+        store_rows,
+        _round(b_dv, DV.dtype.element_ty, EMULATE_BF16),
+        HEAD_DIM,
+    )
+    if HAS_KEY_BIAS:
+        p_dkb = DKB + i_hk * stride_dkbh + i_b * stride_dkbb + (start_k + o_n) * stride_dkbt
+        tl.store(p_dkb, b_dkb, mask=o_n < store_rows)
