@@ -2,6 +2,7 @@
 B = 16384 / L, H = 2048 / D) and print the best per head dim. Results go to JSON.
 
 Usage: PYTHONPATH=src python3 benchmarks/sweep_configs.py [--out DIR] [--dims 64,128,256] [--L 4096]
+       [--kinds fwd,dkdv,dq,fused]   (fused: the opt-in fused backward, timed with SIGCELL_FUSED_BWD=1)
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ CANDIDATES = {
         (32, 64, 4, 2),
         (32, 32, 4, 1),
     ],
+    "fused": [
+        (64, 64, 4, 2),
+        (64, 64, 8, 2),
+        (64, 128, 8, 2),
+        (128, 64, 8, 2),
+        (32, 64, 4, 2),
+        (64, 32, 4, 2),
+        (128, 128, 8, 1),
+    ],
 }
 
 
@@ -60,7 +70,12 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     ap.add_argument("--dims", default="64,128,256")
     ap.add_argument("--L", type=int, default=4096)
+    ap.add_argument("--kinds", default="fwd,dkdv,dq", help="kernels to sweep, of fwd, dkdv, dq, fused")
     args = ap.parse_args()
+    kinds = args.kinds.split(",")
+    unknown = set(kinds) - set(CANDIDATES)
+    if unknown:
+        ap.error(f"unknown kinds {sorted(unknown)}; choose from {sorted(CANDIDATES)}")
     L = args.L
     rows = []
     best = {}
@@ -71,8 +86,10 @@ def main():
         )
         do = torch.randn_like(q)
         flops = 4 * B * H * L * L * d
-        for kind in ("fwd", "dkdv", "dq"):
+        for kind in kinds:
             results = []
+            # The fused kernel replaces dK/dV + dQ only while this switch is set (interface._triton_backward).
+            os.environ["SIGCELL_FUSED_BWD"] = "1" if kind == "fused" else "0"
             for cfg in CANDIDATES[kind]:
                 interface.set_config_override(kind, cfg)
                 try:
@@ -108,7 +125,8 @@ def main():
                 best[(d, kind)] = cfg
                 interface.set_config_override(kind, cfg)  # later kinds are timed with the best so far
                 print(f"== D{d} {kind} best {cfg} {ms:.3f} ms")
-        for kind in ("fwd", "dkdv", "dq"):
+        os.environ.pop("SIGCELL_FUSED_BWD", None)
+        for kind in kinds:
             interface.set_config_override(kind, None)
         torch.cuda.empty_cache()
     print("BEST", {f"D{d}-{kind}": cfg for (d, kind), cfg in best.items()})

@@ -47,6 +47,31 @@ def test_kernels_match_reference(dtype, causal, layout, heads, dim):
     _check(case, DTYPES[dtype])
 
 
+FUSED_GRID = list(itertools.product(DTYPES, [False, True], ["padded", "varlen"], [(8, 2)], [64, 128]))
+
+
+@pytest.mark.parametrize(("dtype", "causal", "layout", "heads", "dim"), FUSED_GRID)
+def test_fused_backward_matches_reference(dtype, causal, layout, heads, dim, monkeypatch):
+    """The opt-in fused backward (SIGCELL_FUSED_BWD=1: dK, dV and atomic dQ in one kernel)."""
+    monkeypatch.setenv("SIGCELL_FUSED_BWD", "1")
+    index = FUSED_GRID.index((dtype, causal, layout, heads, dim))
+    case = make_case(
+        7000 + index, layout=layout, batch=4, lq=1000 if causal else 1031, lk=1031 if causal else 977,
+        heads=heads[0], kv_heads=heads[1], dim=dim, causal=causal,
+        bias_mode=("none", "float", "tensor")[index % 3], key_bias=index % 2 == 0, alibi=index % 4 == 1,
+        device="cuda",
+    )
+    _check(case, DTYPES[dtype])
+
+
+@pytest.mark.parametrize("dim", [40, 256])
+def test_fused_backward_odd_and_large_head_dims(dim, monkeypatch):
+    monkeypatch.setenv("SIGCELL_FUSED_BWD", "1")
+    case = make_case(7100 + dim, batch=3, lq=517, heads=4, kv_heads=2, dim=dim, bias_mode="tensor",
+                     device="cuda")
+    _check(case, torch.bfloat16)
+
+
 @pytest.mark.parametrize("dim", [16, 40, 80, 96, 128, 160, 192, 256])
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_head_dims(dim, dtype):
