@@ -238,7 +238,8 @@ def test_fused_head_major_grid(layout, monkeypatch, fused_bwd):
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_backward_kernels_taken(fused, monkeypatch):
-    """SIGCELL_FUSED_BWD=1 launches the fused kernel alone; without it, the split dK / dV and dQ kernels."""
+    """SIGCELL_FUSED_BWD=1 launches the dK / dV kernel alone, with FUSED (it also adds dQ); without it, the
+    split dK / dV kernel (FUSED off) and the dQ kernel."""
     from sigcell.ops.sigmoid_attn import kernels
 
     if fused:
@@ -252,16 +253,19 @@ def test_backward_kernels_taken(fused, monkeypatch):
             self.name, self.kernel = name, kernel
 
         def __getitem__(self, grid):
-            launched.append(self.name)
-            return self.kernel[grid]
+            def launch(*args, **kwargs):
+                launched.append((self.name, kwargs.get("FUSED")))
+                return self.kernel[grid](*args, **kwargs)
 
-    names = ("sigmoid_attn_bwd_dkdv_kernel", "sigmoid_attn_bwd_dq_kernel", "sigmoid_attn_bwd_fused_kernel")
+            return launch
+
+    names = ("sigmoid_attn_bwd_dkdv_kernel", "sigmoid_attn_bwd_dq_kernel")
     for name in names:
         monkeypatch.setattr(kernels, name, Counted(name, getattr(kernels, name)))
     case = make_case(4500, lq=9, heads=2, kv_heads=1, key_bias=True, bias_mode="tensor")
     _check(case, torch.float32)
     # _check runs the kernels once (the reference runs plain PyTorch).
     if fused:
-        assert launched == ["sigmoid_attn_bwd_fused_kernel"]
+        assert launched == [("sigmoid_attn_bwd_dkdv_kernel", True)]
     else:
-        assert launched == ["sigmoid_attn_bwd_dkdv_kernel", "sigmoid_attn_bwd_dq_kernel"]
+        assert launched == [("sigmoid_attn_bwd_dkdv_kernel", False), ("sigmoid_attn_bwd_dq_kernel", None)]

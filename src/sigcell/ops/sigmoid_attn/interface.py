@@ -326,11 +326,7 @@ def _triton_backward(
     takes 4 bytes per element of q). Its dQ is nondeterministic: the order of the float32 additions varies
     from run to run. d bias and d key_bias stay deterministic on both paths.
     """
-    from sigcell.ops.sigmoid_attn.kernels import (
-        sigmoid_attn_bwd_dkdv_kernel,
-        sigmoid_attn_bwd_dq_kernel,
-        sigmoid_attn_bwd_fused_kernel,
-    )
+    from sigcell.ops.sigmoid_attn.kernels import sigmoid_attn_bwd_dkdv_kernel, sigmoid_attn_bwd_dq_kernel
 
     n_seq, heads = bias.shape
     kv_heads = k.shape[2]
@@ -358,16 +354,25 @@ def _triton_backward(
             else (dkb_part.stride(0), 0 if varlen else dkb_part.stride(1), dkb_part.stride(2))
         )
 
-        def launch_dkdv(cfg):
-            grid, block_fast = _grid(_cdiv(span_k, cfg["BLOCK_N"]), n_seq * kv_heads)
+        def launch_dkdv(cfg, fused=False):
+            nonlocal dbias_part, dq_acc
+            num_n = _cdiv(max(span_k, 1), cfg["BLOCK_N"])
+            if fused:
+                # Programs add to dQ rows and skip padding rows, which stay exactly 0; one d bias partial
+                # per (sequence, head, key block).
+                dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+                dbias_part = torch.zeros(n_seq * heads, num_n, dtype=torch.float32, device=q.device)
+            grid, block_fast = _grid(num_n, n_seq * kv_heads)
             sigmoid_attn_bwd_dkdv_kernel[grid](
                 q,
                 k,
                 v,
                 dout,
+                dq_acc if fused else dummy,
                 dk,
                 dv,
                 dkb_part if dkb_part is not None else dummy,
+                dbias_part if fused else dummy,
                 bias,
                 kb,
                 sl,
@@ -379,17 +384,20 @@ def _triton_backward(
                 *_strides(k, varlen),
                 *_strides(v, varlen),
                 *_strides(dout, varlen),
+                *(_strides(dq_acc, varlen) if fused else (0, 0, 0, 0)),
                 *_strides(dk, varlen),
                 *_strides(dv, varlen),
                 *kb_strides,
                 *dkb_strides,
                 scale,
                 rows_k,
+                num_n,
                 heads,
                 kv_heads,
                 heads // kv_heads,
                 **flags,
                 BLOCK_FAST=block_fast,
+                FUSED=fused,
                 **cfg,
             )
 
@@ -428,54 +436,9 @@ def _triton_backward(
                 **cfg,
             )
 
-        def launch_fused(cfg):
-            nonlocal dbias_part, dq_acc
-            num_n = _cdiv(max(span_k, 1), cfg["BLOCK_N"])
-            # Programs add to dQ rows and skip padding rows, which stay exactly 0; one d bias partial per
-            # (sequence, head, key block).
-            dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-            dbias_part = torch.zeros(n_seq * heads, num_n, dtype=torch.float32, device=q.device)
-            grid, block_fast = _grid(num_n, n_seq * kv_heads)
-            sigmoid_attn_bwd_fused_kernel[grid](
-                q,
-                k,
-                v,
-                dout,
-                dq_acc,
-                dk,
-                dv,
-                dkb_part if dkb_part is not None else dummy,
-                dbias_part,
-                bias,
-                kb,
-                sl,
-                start_q,
-                len_q,
-                start_k,
-                len_k,
-                *_strides(q, varlen),
-                *_strides(k, varlen),
-                *_strides(v, varlen),
-                *_strides(dout, varlen),
-                *_strides(dq_acc, varlen),
-                *_strides(dk, varlen),
-                *_strides(dv, varlen),
-                *kb_strides,
-                *dkb_strides,
-                scale,
-                rows_k,
-                num_n,
-                heads,
-                kv_heads,
-                heads // kv_heads,
-                **flags,
-                BLOCK_FAST=block_fast,
-                **cfg,
-            )
-
+        dq_acc = None
         if os.environ.get("SIGCELL_FUSED_BWD") == "1":
-            dq_acc = None
-            _launch("fused", q, launch_fused)
+            _launch("fused", q, lambda cfg: launch_dkdv(cfg, fused=True))
             dq.copy_(dq_acc)
         else:
             _launch("dkdv", q, launch_dkdv)

@@ -689,9 +689,11 @@ def sigmoid_attn_bwd_dkdv_kernel(
     K,
     V,
     DO,
+    DQ,
     DK,
     DV,
     DKB,
+    DBIAS,
     BIAS,
     KEY_BIAS,
     SLOPES,
@@ -715,6 +717,10 @@ def sigmoid_attn_bwd_dkdv_kernel(
     stride_dot,
     stride_doh,
     stride_dod,
+    stride_dqb,
+    stride_dqt,
+    stride_dqh,
+    stride_dqd,
     stride_dkb,
     stride_dkt,
     stride_dkh,
@@ -730,6 +736,7 @@ def sigmoid_attn_bwd_dkdv_kernel(
     stride_dkbt,
     scale,
     rows_k,
+    num_n_blocks,
     H: tl.constexpr,
     HKV: tl.constexpr,
     GROUP: tl.constexpr,
@@ -745,10 +752,14 @@ def sigmoid_attn_bwd_dkdv_kernel(
     DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
     BLOCK_FAST: tl.constexpr,
+    FUSED: tl.constexpr,
 ):
     """One program per (sequence, KV head, key block): dK, dV and the per-key sum of dS for its group.
 
-    Each program owns its output rows, so the result is deterministic (no atomics).
+    Each program owns its output rows, so the result is deterministic (no atomics). FUSED (the opt-in
+    fused backward) also adds the block's ``scale dS k`` to a zeroed float32 DQ (``tl.atomic_add``, so dQ
+    is not deterministic) and writes the sum of dS per (sequence, head, key block) to DBIAS (for d bias);
+    the split path leaves DQ / DBIAS alone and the dQ kernel computes both.
     """
     i_bhk, i_n = _program_ids(BLOCK_FAST)
     i_b, i_hk = i_bhk // HKV, i_bhk % HKV
@@ -798,15 +809,20 @@ def sigmoid_attn_bwd_dkdv_kernel(
         slope = tl.load(SLOPES + i_b * H + i_h) if HAS_ALIBI else 0.0
         q_base = Q + i_b * stride_qb + i_h * stride_qh + start_q * stride_qt
         do_base = DO + i_b * stride_dob + i_h * stride_doh + start_q * stride_dot
-        b_dk, b_dv, b_dkb = _dkdv_query_blocks(
+        dq_base = DQ + i_b * stride_dqb + i_h * stride_dqh + start_q * stride_dqt
+        if FUSED:  # noqa: SIM108 (constexpr branch) per-key dS sums of this head alone: its d bias partial
+            b_dsum = tl.zeros([BLOCK_N], dtype=tl.float32)
+        else:
+            b_dsum = b_dkb
+        b_dk, b_dv, b_dsum = _dkdv_query_blocks(
             b_dk,
             b_dv,
-            b_dkb,
+            b_dsum,
             b_k,
             b_v,
             q_base,
             do_base,
-            q_base,  # no dQ here (ATOMIC_DQ off)
+            dq_base,
             lo,
             diag_end,
             rows_end,
@@ -825,8 +841,8 @@ def sigmoid_attn_bwd_dkdv_kernel(
             stride_qd,
             stride_dot,
             stride_dod,
-            0,
-            0,
+            stride_dqt,
+            stride_dqd,
             stride_kbt,
             CAUSAL,
             HEAD_DIM,
@@ -838,8 +854,14 @@ def sigmoid_attn_bwd_dkdv_kernel(
             FAST_SIGMOID,
             DOT_PRECISION,
             EMULATE_BF16,
-            False,
+            FUSED,
         )
+        if FUSED:
+            b_dkb += b_dsum
+            # Each (sequence, head, key block) slot has one writer: no atomics, reduced on the host side.
+            tl.store(DBIAS + (i_b * H + i_h) * num_n_blocks + i_n, tl.sum(b_dsum, axis=0))
+        else:
+            b_dkb = b_dsum
 
     # Padded keys (zero rows of K and V) still got p^T dO above; their gradients are defined as 0.
     m_key = (o_n < len_k)[:, None]
@@ -1116,203 +1138,3 @@ def sigmoid_attn_bwd_dq_kernel(
         HEAD_DIM,
     )
     tl.store(DBIAS + i_bh * num_m_blocks + i_m, tl.sum(b_dbias, axis=0))
-
-
-@triton.jit
-def sigmoid_attn_bwd_fused_kernel(
-    Q,
-    K,
-    V,
-    DO,
-    DQ,
-    DK,
-    DV,
-    DKB,
-    DBIAS,
-    BIAS,
-    KEY_BIAS,
-    SLOPES,
-    START_Q,
-    LEN_Q,
-    START_K,
-    LEN_K,
-    stride_qb,
-    stride_qt,
-    stride_qh,
-    stride_qd,
-    stride_kb,
-    stride_kt,
-    stride_kh,
-    stride_kd,
-    stride_vb,
-    stride_vt,
-    stride_vh,
-    stride_vd,
-    stride_dob,
-    stride_dot,
-    stride_doh,
-    stride_dod,
-    stride_dqb,
-    stride_dqt,
-    stride_dqh,
-    stride_dqd,
-    stride_dkb,
-    stride_dkt,
-    stride_dkh,
-    stride_dkd,
-    stride_dvb,
-    stride_dvt,
-    stride_dvh,
-    stride_dvd,
-    stride_kbb,
-    stride_kbt,
-    stride_dkbh,
-    stride_dkbb,
-    stride_dkbt,
-    scale,
-    rows_k,
-    num_n_blocks,
-    H: tl.constexpr,
-    HKV: tl.constexpr,
-    GROUP: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    HAS_KEY_BIAS: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
-    STORE_ALL_ROWS: tl.constexpr,
-    FAST_SIGMOID: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    EMULATE_BF16: tl.constexpr,
-    BLOCK_FAST: tl.constexpr,
-):
-    """One program per (sequence, KV head, key block), as the dK / dV kernel, which also adds the block's
-    ``scale dS k`` to a zeroed float32 dQ (``tl.atomic_add``, so dQ is not deterministic) and writes the
-    sum of dS per (sequence, head, key block) to ``DBIAS`` (for d bias)."""
-    i_bhk, i_n = _program_ids(BLOCK_FAST)
-    i_b, i_hk = i_bhk // HKV, i_bhk % HKV
-    start_q, len_q = tl.load(START_Q + i_b), tl.load(LEN_Q + i_b)
-    start_k, len_k = tl.load(START_K + i_b), tl.load(LEN_K + i_b)
-    store_rows = rows_k if STORE_ALL_ROWS else len_k
-    n0 = i_n * BLOCK_N
-    if n0 >= store_rows:
-        return
-    shift = len_k - len_q
-
-    o_n = n0 + tl.arange(0, BLOCK_N)
-    o_d = tl.arange(0, BLOCK_D)
-    b_k = _load_rows(
-        K + i_b * stride_kb + i_hk * stride_kh + start_k * stride_kt,
-        o_n,
-        o_d,
-        stride_kt,
-        stride_kd,
-        len_k,
-        True,
-        HEAD_DIM,
-        BLOCK_D,
-    )  # [BN, BD]
-    b_v = _load_rows(
-        V + i_b * stride_vb + i_hk * stride_vh + start_k * stride_vt,
-        o_n,
-        o_d,
-        stride_vt,
-        stride_vd,
-        len_k,
-        True,
-        HEAD_DIM,
-        BLOCK_D,
-    )
-    kb_base = KEY_BIAS + i_b * stride_kbb + start_k * stride_kbt
-
-    b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    b_dkb = tl.zeros([BLOCK_N], dtype=tl.float32)
-    lo, diag_end, rows_end, tail_start, q_end = _query_loop_bounds(
-        n0, len_q, len_k, shift, BLOCK_M, BLOCK_N, CAUSAL
-    )
-    for g in range(GROUP):
-        i_h = i_hk * GROUP + g
-        bias = tl.load(BIAS + i_b * H + i_h)
-        slope = tl.load(SLOPES + i_b * H + i_h) if HAS_ALIBI else 0.0
-        q_base = Q + i_b * stride_qb + i_h * stride_qh + start_q * stride_qt
-        do_base = DO + i_b * stride_dob + i_h * stride_doh + start_q * stride_dot
-        dq_base = DQ + i_b * stride_dqb + i_h * stride_dqh + start_q * stride_dqt
-        # Per-key sums of dS for this head alone: their total is its d bias partial.
-        b_dsum = tl.zeros([BLOCK_N], dtype=tl.float32)
-        b_dk, b_dv, b_dsum = _dkdv_query_blocks(
-            b_dk,
-            b_dv,
-            b_dsum,
-            b_k,
-            b_v,
-            q_base,
-            do_base,
-            dq_base,
-            lo,
-            diag_end,
-            rows_end,
-            tail_start,
-            q_end,
-            o_n,
-            o_d,
-            len_q,
-            len_k,
-            shift,
-            scale,
-            bias,
-            slope,
-            kb_base,
-            stride_qt,
-            stride_qd,
-            stride_dot,
-            stride_dod,
-            stride_dqt,
-            stride_dqd,
-            stride_kbt,
-            CAUSAL,
-            HEAD_DIM,
-            BLOCK_D,
-            BLOCK_M,
-            BLOCK_N,
-            HAS_KEY_BIAS,
-            HAS_ALIBI,
-            FAST_SIGMOID,
-            DOT_PRECISION,
-            EMULATE_BF16,
-            True,
-        )
-        b_dkb += b_dsum
-        # Each (sequence, head, key block) slot has one writer: no atomics, reduced on the host side.
-        tl.store(DBIAS + (i_b * H + i_h) * num_n_blocks + i_n, tl.sum(b_dsum, axis=0))
-
-    # Padded keys (zero rows of K and V) still got p^T dO above; their gradients are defined as 0.
-    m_key = (o_n < len_k)[:, None]
-    b_dv = tl.where(m_key, b_dv, 0.0)
-    dk_base = DK + i_b * stride_dkb + i_hk * stride_dkh + start_k * stride_dkt
-    dv_base = DV + i_b * stride_dvb + i_hk * stride_dvh + start_k * stride_dvt
-    _store_rows(
-        dk_base,
-        o_n,
-        o_d,
-        stride_dkt,
-        stride_dkd,
-        store_rows,
-        _round(b_dk * scale, DK.dtype.element_ty, EMULATE_BF16),
-        HEAD_DIM,
-    )
-    _store_rows(
-        dv_base,
-        o_n,
-        o_d,
-        stride_dvt,
-        stride_dvd,
-        store_rows,
-        _round(b_dv, DV.dtype.element_ty, EMULATE_BF16),
-        HEAD_DIM,
-    )
-    if HAS_KEY_BIAS:
-        p_dkb = DKB + i_hk * stride_dkbh + i_b * stride_dkbb + (start_k + o_n) * stride_dkbt
-        tl.store(p_dkb, b_dkb, mask=o_n < store_rows)
