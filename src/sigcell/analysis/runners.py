@@ -191,8 +191,7 @@ def run_sinks_analysis(out: str | os.PathLike, models: Sequence[ModelSource], *,
 
 def _prepared_heldout_batches(prepared: str | os.PathLike, cfg: Any, n_batches: int) -> tuple[list, str]:
     """The first ``n_batches`` held-out batches of a compare-prepared dataset, in the run's layout."""
-    from sigcell.data.loader import make_dataloader
-    from sigcell.eval.runner import PreparedDataset
+    from sigcell.eval.runner import PreparedDataset, heldout_loader
 
     folder = Path(prepared)
     if not (folder / "tokens.npz").is_file() or not (folder / "meta.json").is_file():
@@ -200,9 +199,7 @@ def _prepared_heldout_batches(prepared: str | os.PathLike, cfg: Any, n_batches: 
                "folder of `sigcell compare --stage prepare`, e.g. OUT/prepared/zeisel")
         raise ValueError(msg)
     data = PreparedDataset.load(folder)
-    held = data.subset("heldout")
-    loader = make_dataloader(held, batch_size=cfg.data.batch_size, layout=cfg.data.layout, shuffle=False,
-                             bucket=False)
+    loader = heldout_loader(cfg, data.subset("heldout"))
     plan = loader.sampler.plan(0)[:n_batches]
     return [loader.collate(idx) for idx in plan], f"held-out cells of prepared dataset {data.name}"
 

@@ -136,6 +136,14 @@ def _config(plan: Plan, data: PreparedDataset, attention: str, seed: int, out_di
     return config
 
 
+def heldout_loader(config, held_cells):
+    """Held-out batches in a fixed order (no shuffling, no length buckets), in the run's layout."""
+    from sigcell.data.loader import make_dataloader
+
+    d = config.data
+    return make_dataloader(held_cells, batch_size=d.batch_size, layout=d.layout, shuffle=False, bucket=False)
+
+
 def _train_data(config, data: PreparedDataset, train_cells, held_cells):
     """TrainData as the corpus path builds it: shuffled length-bucketed batches, fixed held-out batches."""
     from sigcell.data.loader import make_dataloader
@@ -145,8 +153,7 @@ def _train_data(config, data: PreparedDataset, train_cells, held_cells):
     d = config.data
     loader = make_dataloader(train_cells, batch_size=d.batch_size, layout=d.layout, shuffle=True,
                              seed=config.seed, drop_last=len(train_cells) >= d.batch_size)
-    val_loader = make_dataloader(held_cells, batch_size=d.batch_size, layout=d.layout, shuffle=False,
-                                 bucket=False)
+    val_loader = heldout_loader(config, held_cells)
 
     def val_source(n: int):
         return [(i, val_loader.collate(idx)) for i, idx in enumerate(val_loader.sampler.plan(0)[:n])]
