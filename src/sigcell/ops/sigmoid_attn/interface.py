@@ -179,7 +179,7 @@ def _common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid) -> dict:
         "HAS_KEY_BIAS": key_bias is not None,
         "HAS_ALIBI": slopes is not None,
         "STORE_ALL_ROWS": not varlen,
-        "FAST_SIGMOID": fast_sigmoid and not _interpreting(),
+        "FAST_SIGMOID": fast_sigmoid,
         "DOT_PRECISION": _dot_precision(q.dtype),
         "EMULATE_BF16": _interpreting() and q.dtype == torch.bfloat16,
     }
@@ -439,7 +439,7 @@ def _triton_backward(
         dq_acc = None
         if os.environ.get("SIGCELL_FUSED_BWD") == "1":
             _launch("fused", q, lambda cfg: launch_dkdv(cfg, fused=True))
-            dq.copy_(dq_acc)
+            torch.mul(dq_acc, scale * 0.25, out=dq)  # the kernel adds 4 dS k (kernels._sigmoid_and_slope4)
         else:
             _launch("dkdv", q, launch_dkdv)
             _launch("dq", q, launch_dq)

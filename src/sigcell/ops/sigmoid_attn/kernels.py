@@ -16,20 +16,62 @@ Naming: ``i_`` program ids, ``o_`` offsets, ``m_`` masks, ``p_`` pointers, ``b_`
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+
+    @triton.jit
+    def _tanh(x):
+        # The interpreter runs no PTX: the same function through exp, so that CPU tests cover the FAST
+        # path's algebra (kernel units, 4 dS) with an exact tanh.
+        x = tl.minimum(tl.maximum(x, -20.0), 20.0)  # tanh is +-1 in float32 long before; exp stays finite
+        return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+
+else:
+
+    @triton.jit
+    def _tanh(x):
+        # One MUFU op (the special-function unit); max relative error about 2^-11.
+        return tl.inline_asm_elementwise(
+            "tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+
+
+@triton.jit
+def _logit_units(x, FAST: tl.constexpr):
+    """Scale a term of the logit into the kernels' units: FAST kernels carry ``s / 2`` (the argument of
+    tanh below), so the halving is folded into scale and biases instead of one multiply per score."""
+    if FAST:
+        return x * 0.5
+    else:
+        return x
 
 
 @triton.jit
 def _sigmoid(x, FAST: tl.constexpr):
+    """sigmoid of the logit ``s``, from ``x`` in kernel units (:func:`_logit_units`)."""
     if FAST:
-        # One MUFU op per score: sigmoid(x) = 0.5 * tanh(x / 2) + 0.5.
-        t = tl.inline_asm_elementwise(
-            "tanh.approx.f32 $0, $1;", "=f,f", [x * 0.5], dtype=tl.float32, is_pure=True, pack=1
-        )
+        # sigmoid(s) = 0.5 * tanh(s / 2) + 0.5 with x = s / 2: one MUFU op per score on the GPU.
+        t = _tanh(x)
         return 0.5 * t + 0.5
     else:
         return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _sigmoid_and_slope4(x, FAST: tl.constexpr):
+    """``p = sigmoid(s)`` and ``4 p (1 - p)`` from ``x`` in kernel units. The backward works with
+    ``4 dS`` and folds the 1/4 into its final scale (exact in floating point): with tanh, 4 p (1 - p)
+    is ``1 - t^2``, two operations per score fewer than p (1 - p) dP."""
+    if FAST:
+        t = _tanh(x)
+        return 0.5 * t + 0.5, 1.0 - t * t
+    else:
+        p = 1.0 / (1.0 + tl.exp(-x))
+        return p, 4.0 * p * (1.0 - p)
 
 
 @triton.jit
@@ -72,10 +114,12 @@ def _logits(
     len_k,
     HAS_KEY_BIAS: tl.constexpr,
     HAS_ALIBI: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
 ):
-    """Logits ``[BM, BN]`` of one block (no masking)."""
+    """Logits ``[BM, BN]`` of one block (no masking) in kernel units (:func:`_logit_units`); ``scale``,
+    ``bias`` and ``slope`` come in those units already."""
     b_s = _dot(b_q, tl.trans(b_k), DOT_PRECISION, EMULATE_BF16) * scale + bias
     if HAS_KEY_BIAS:
         p_kb = KEY_BIAS + key_bias_offset + o_n * stride_kbt
@@ -83,7 +127,7 @@ def _logits(
             b_kb = tl.load(p_kb, mask=o_n < len_k, other=0.0)
         else:
             b_kb = tl.load(p_kb)
-        b_s += b_kb.to(tl.float32)[None, :]
+        b_s += _logit_units(b_kb.to(tl.float32), FAST_SIGMOID)[None, :]
     if HAS_ALIBI:
         b_s -= slope * tl.abs(o_m[:, None] + shift - o_n[None, :]).to(tl.float32)
     return b_s
@@ -214,6 +258,7 @@ def _fwd_step(
         len_k,
         HAS_KEY_BIAS,
         HAS_ALIBI,
+        FAST_SIGMOID,
         DOT_PRECISION,
         EMULATE_BF16,
     )
@@ -312,8 +357,9 @@ def sigmoid_attn_fwd_kernel(
     if i_m * BLOCK_M >= store_rows:
         return
     shift = len_k - len_q
-    bias = tl.load(BIAS + i_bh)
-    slope = tl.load(SLOPES + i_bh) if HAS_ALIBI else 0.0
+    bias = _logit_units(tl.load(BIAS + i_bh), FAST_SIGMOID)
+    slope = _logit_units(tl.load(SLOPES + i_bh), FAST_SIGMOID) if HAS_ALIBI else 0.0
+    scale = _logit_units(scale, FAST_SIGMOID)  # the forward uses scale for logits alone
 
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
@@ -455,7 +501,8 @@ def _dkdv_step(
     ATOMIC_DQ: tl.constexpr,
 ):
     """Add one query block's contribution to dK, dV and the per-key sums of dS; with ATOMIC_DQ, also add
-    ``scale dS k`` to the float32 dQ rows at ``dq_base`` (the fused backward).
+    ``4 dS k`` to the float32 dQ rows at ``dq_base`` (the fused backward; the caller scales the sum by
+    ``scale / 4``). The sums of dS it returns are 4x too (the 1/4 is applied where they are stored).
 
     Query rows past ``len_q`` load as zero rows of Q and dO, so their dS and p^T dO vanish unmasked.
     """
@@ -478,14 +525,17 @@ def _dkdv_step(
         len_k,
         HAS_KEY_BIAS,
         HAS_ALIBI,
+        FAST_SIGMOID,
         DOT_PRECISION,
         EMULATE_BF16,
     )
-    b_p = _sigmoid(b_s, FAST_SIGMOID)  # [BM, BN]
-    if MASK_CAUSAL:
-        b_p = tl.where(o_n[None, :] <= o_m[:, None] + shift, b_p, 0.0)
+    b_p, b_g = _sigmoid_and_slope4(b_s, FAST_SIGMOID)  # [BM, BN]
     b_dp = _dot(b_do, tl.trans(b_v), DOT_PRECISION, EMULATE_BF16)  # [BM, BN]
-    b_ds = b_dp * b_p * (1.0 - b_p)
+    b_ds = b_dp * b_g  # 4 dS (the kernel's final scale holds the 1/4)
+    if MASK_CAUSAL:
+        m_visible = o_n[None, :] <= o_m[:, None] + shift
+        b_p = tl.where(m_visible, b_p, 0.0)
+        b_ds = tl.where(m_visible, b_ds, 0.0)
     b_dv += _dot(tl.trans(_round(b_p, b_do.dtype, EMULATE_BF16)), b_do, DOT_PRECISION, EMULATE_BF16)
     b_ds_in = _round(b_ds, b_q.dtype, EMULATE_BF16)  # the matmul operand, as in the dQ kernel
     b_dk += _dot(tl.trans(b_ds_in), b_q, DOT_PRECISION, EMULATE_BF16)
@@ -493,7 +543,7 @@ def _dkdv_step(
     if ATOMIC_DQ:
         # dQ rows get dS k from every key block's program: one matmul here instead of the dQ kernel's
         # recomputed S and dP (5 block matmuls per pair instead of 7).
-        b_dq = _dot(b_ds_in, b_k, DOT_PRECISION, EMULATE_BF16) * scale
+        b_dq = _dot(b_ds_in, b_k, DOT_PRECISION, EMULATE_BF16)  # scale / 4 applied by the caller
         _atomic_add_rows(dq_base, o_m, o_d, stride_dqt, stride_dqd, len_q, b_dq, MASK_ROWS, HEAD_DIM, BLOCK_D)
     return b_dk, b_dv, b_dkb
 
@@ -757,7 +807,7 @@ def sigmoid_attn_bwd_dkdv_kernel(
     """One program per (sequence, KV head, key block): dK, dV and the per-key sum of dS for its group.
 
     Each program owns its output rows, so the result is deterministic (no atomics). FUSED (the opt-in
-    fused backward) also adds the block's ``scale dS k`` to a zeroed float32 DQ (``tl.atomic_add``, so dQ
+    fused backward) also adds the block's ``4 dS k`` to a zeroed float32 DQ (``tl.atomic_add``, so dQ
     is not deterministic) and writes the sum of dS per (sequence, head, key block) to DBIAS (for d bias);
     the split path leaves DQ / DBIAS alone and the dQ kernel computes both.
     """
@@ -770,6 +820,7 @@ def sigmoid_attn_bwd_dkdv_kernel(
     if n0 >= store_rows:
         return
     shift = len_k - len_q
+    logit_scale = _logit_units(scale, FAST_SIGMOID)
 
     o_n = n0 + tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
@@ -805,8 +856,8 @@ def sigmoid_attn_bwd_dkdv_kernel(
     )
     for g in range(GROUP):
         i_h = i_hk * GROUP + g
-        bias = tl.load(BIAS + i_b * H + i_h)
-        slope = tl.load(SLOPES + i_b * H + i_h) if HAS_ALIBI else 0.0
+        bias = _logit_units(tl.load(BIAS + i_b * H + i_h), FAST_SIGMOID)
+        slope = _logit_units(tl.load(SLOPES + i_b * H + i_h), FAST_SIGMOID) if HAS_ALIBI else 0.0
         q_base = Q + i_b * stride_qb + i_h * stride_qh + start_q * stride_qt
         do_base = DO + i_b * stride_dob + i_h * stride_doh + start_q * stride_dot
         dq_base = DQ + i_b * stride_dqb + i_h * stride_dqh + start_q * stride_dqt
@@ -833,7 +884,7 @@ def sigmoid_attn_bwd_dkdv_kernel(
             len_q,
             len_k,
             shift,
-            scale,
+            logit_scale,
             bias,
             slope,
             kb_base,
@@ -859,7 +910,7 @@ def sigmoid_attn_bwd_dkdv_kernel(
         if FUSED:
             b_dkb += b_dsum
             # Each (sequence, head, key block) slot has one writer: no atomics, reduced on the host side.
-            tl.store(DBIAS + (i_b * H + i_h) * num_n_blocks + i_n, tl.sum(b_dsum, axis=0))
+            tl.store(DBIAS + (i_b * H + i_h) * num_n_blocks + i_n, tl.sum(b_dsum, axis=0) * 0.25)
         else:
             b_dkb = b_dsum
 
@@ -875,7 +926,7 @@ def sigmoid_attn_bwd_dkdv_kernel(
         stride_dkt,
         stride_dkd,
         store_rows,
-        _round(b_dk * scale, DK.dtype.element_ty, EMULATE_BF16),
+        _round(b_dk * (scale * 0.25), DK.dtype.element_ty, EMULATE_BF16),
         HEAD_DIM,
     )
     _store_rows(
@@ -890,7 +941,7 @@ def sigmoid_attn_bwd_dkdv_kernel(
     )
     if HAS_KEY_BIAS:
         p_dkb = DKB + i_hk * stride_dkbh + i_b * stride_dkbb + (start_k + o_n) * stride_dkbt
-        tl.store(p_dkb, b_dkb, mask=o_n < store_rows)
+        tl.store(p_dkb, b_dkb * 0.25, mask=o_n < store_rows)
 
 
 @triton.jit
@@ -947,14 +998,15 @@ def _dq_step(
         len_k,
         HAS_KEY_BIAS,
         HAS_ALIBI,
+        FAST_SIGMOID,
         DOT_PRECISION,
         EMULATE_BF16,
     )
-    b_p = _sigmoid(b_s, FAST_SIGMOID)
-    if MASK_CAUSAL:
-        b_p = tl.where(o_n[None, :] <= o_m[:, None] + shift, b_p, 0.0)
+    _, b_g = _sigmoid_and_slope4(b_s, FAST_SIGMOID)
     b_dp = _dot(b_do, tl.trans(b_v), DOT_PRECISION, EMULATE_BF16)
-    b_ds = b_dp * b_p * (1.0 - b_p)  # [BM, BN]
+    b_ds = b_dp * b_g  # [BM, BN], 4 dS (the kernel's final scale holds the 1/4)
+    if MASK_CAUSAL:
+        b_ds = tl.where(o_n[None, :] <= o_m[:, None] + shift, b_ds, 0.0)
     b_dq += _dot(_round(b_ds, b_k.dtype, EMULATE_BF16), b_k, DOT_PRECISION, EMULATE_BF16)
     b_dbias += tl.sum(b_ds, axis=1)
     return b_dq, b_dbias
@@ -1025,8 +1077,9 @@ def sigmoid_attn_bwd_dq_kernel(
     if i_m * BLOCK_M >= store_rows:
         return
     shift = len_k - len_q
-    bias = tl.load(BIAS + i_bh)
-    slope = tl.load(SLOPES + i_bh) if HAS_ALIBI else 0.0
+    bias = _logit_units(tl.load(BIAS + i_bh), FAST_SIGMOID)
+    slope = _logit_units(tl.load(SLOPES + i_bh), FAST_SIGMOID) if HAS_ALIBI else 0.0
+    logit_scale = _logit_units(scale, FAST_SIGMOID)
 
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
@@ -1073,7 +1126,7 @@ def sigmoid_attn_bwd_dq_kernel(
             o_d,
             len_k,
             shift,
-            scale,
+            logit_scale,
             bias,
             slope,
             stride_kt,
@@ -1106,7 +1159,7 @@ def sigmoid_attn_bwd_dq_kernel(
             o_d,
             len_k,
             shift,
-            scale,
+            logit_scale,
             bias,
             slope,
             stride_kt,
@@ -1134,7 +1187,7 @@ def sigmoid_attn_bwd_dq_kernel(
         stride_dqt,
         stride_dqd,
         store_rows,
-        _round(b_dq * scale, DQ.dtype.element_ty, EMULATE_BF16),
+        _round(b_dq * (scale * 0.25), DQ.dtype.element_ty, EMULATE_BF16),
         HEAD_DIM,
     )
-    tl.store(DBIAS + i_bh * num_m_blocks + i_m, tl.sum(b_dbias, axis=0))
+    tl.store(DBIAS + i_bh * num_m_blocks + i_m, tl.sum(b_dbias, axis=0) * 0.25)

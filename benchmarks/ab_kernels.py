@@ -1,0 +1,107 @@
+"""A/B timing of two versions of the Triton kernels module in one process, on the same GPU and inputs.
+
+The interface imports its kernels from ``sigcell.ops.sigmoid_attn.kernels`` at call time, so swapping
+that entry of ``sys.modules`` swaps the kernels (same launch configs, same host code). The versions run
+interleaved (A B A B ...) so that clock and temperature drift hit both alike. Dense bf16, paper shapes
+(B = 16384 / L, H = 2048 / D), fwd and bwd TFLOPS as in ``sigcell bench kernels``.
+
+Usage: PYTHONPATH=src python3 benchmarks/ab_kernels.py OLD_KERNELS.py [--d 64,128] [--l 1024,4096,16384]
+       [--causal] [--rounds 3] [--out DIR]
+(OLD_KERNELS.py: e.g. ``git show HEAD~1:src/sigcell/ops/sigmoid_attn/kernels.py > old.py``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import triton
+
+MODULE = "sigcell.ops.sigmoid_attn.kernels"
+
+
+def load_module(path: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def time_shape(versions: dict, d: int, L: int, causal: bool, rounds: int) -> list[dict]:
+    """fwd and bwd TFLOPS of each version at one paper shape (median of interleaved rounds)."""
+    from sigcell import sigmoid_attn_func
+
+    B, H = max(1, 16384 // L), 2048 // d
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (
+        torch.randn(B, L, H, d, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+        for _ in range(3)
+    )
+    do = torch.randn(B, L, H, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    flops = 4 * B * H * L * L * d * (0.5 if causal else 1.0)
+
+    def fwd():
+        return sigmoid_attn_func(q, k, v, causal=causal)
+
+    times = {(ver, mode): [] for ver in versions for mode in ("fwd", "bwd")}
+    for _ in range(rounds):
+        for ver, module in versions.items():
+            sys.modules[MODULE] = module
+            times[(ver, "fwd")].append(triton.testing.do_bench(fwd, warmup=25, rep=100))
+            out = fwd()
+
+            def bwd(out=out):
+                out.backward(do, retain_graph=True)
+
+            times[(ver, "bwd")].append(triton.testing.do_bench(bwd, warmup=25, rep=100))
+            q.grad = k.grad = v.grad = None
+    sys.modules[MODULE] = versions["B"]
+    rows = []
+    for mode, mult in (("fwd", 1.0), ("bwd", 2.5)):
+        tf = {ver: mult * flops / statistics.median(times[(ver, mode)]) * 1e-9 for ver in versions}
+        rows.append(dict(D=d, L=L, B=B, H=H, causal=causal, mode=mode, tflops_a=tf["A"], tflops_b=tf["B"]))
+        ratio = tf["B"] / tf["A"]
+        print(f"D{d} L{L} {mode}: A {tf['A']:.1f}  B {tf['B']:.1f} TFLOPS  (B/A {ratio:.3f})", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("old", help="path of the other kernels.py (version A)")
+    ap.add_argument("--d", default="64,128")
+    ap.add_argument("--l", default="1024,4096,16384")
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved A/B rounds per shape (median kept)")
+    ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    args = ap.parse_args()
+
+    versions = {"A": load_module(args.old, "sigcell_kernels_a"), "B": importlib.import_module(MODULE)}
+    rows = []
+    for d in map(int, args.d.split(",")):
+        for L in map(int, args.l.split(",")):
+            rows += time_shape(versions, d, L, args.causal, args.rounds)
+            torch.cuda.empty_cache()
+    os.makedirs(args.out, exist_ok=True)
+    result = dict(
+        gpu=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        dtype="bf16",
+        a=os.path.abspath(args.old),
+        b=MODULE,
+        rows=rows,
+    )
+    path = os.path.join(args.out, f"ab_kernels-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json")
+    with open(path, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
