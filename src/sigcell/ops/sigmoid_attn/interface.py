@@ -102,8 +102,8 @@ _CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
     "fwd": {
         16: (128, 64, 4, 3),
         32: (128, 64, 4, 3),
-        64: (128, 64, 4, 3),
-        128: (128, 32, 4, 3),
+        64: (128, 64, 8, 3),
+        128: (64, 64, 4, 3),
         256: (128, 64, 8, 2),
     },
     # BLOCK_M = 32 at D = 128 gave 3x plain PyTorch's dK error in 16-bit on an H200 (NOTES.md, v2).
@@ -117,17 +117,17 @@ _CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
     "dq": {
         16: (64, 64, 4, 2),
         32: (64, 64, 4, 2),
-        64: (64, 64, 4, 2),
-        128: (128, 128, 8, 2),
+        64: (128, 64, 8, 3),
+        128: (128, 64, 8, 3),
         256: (64, 64, 4, 2),
     },
-    # The dK/dV configs (same program layout), not swept yet. D = 256 takes 8 warps: with 4, ptxas
-    # (sm_90a, compiled without a GPU) kept 32 registers and spilled 22 KB; with 8, 0.5 KB.
+    # Swept at D64 / D128 (v8; 1.3-1.6x slower than the split pair there). D = 256 takes 8 warps: with 4,
+    # ptxas (sm_90a, compiled without a GPU) kept 32 registers and spilled 22 KB; with 8, 0.5 KB.
     "fused": {
         16: (64, 64, 4, 2),
         32: (64, 64, 4, 2),
         64: (64, 64, 4, 2),
-        128: (64, 64, 4, 2),
+        128: (128, 64, 8, 2),
         256: (32, 32, 8, 1),
     },
 }

@@ -269,13 +269,18 @@ def _fwd_step(
 
 
 @triton.jit
-def _program_ids(BLOCK_FAST: tl.constexpr):
+def _program_ids(BLOCK_FAST: tl.constexpr, HEAVY_LAST: tl.constexpr):
     """(sequence x head, block) of this program. BLOCK_FAST grids run the blocks of one (sequence, head)
-    next to each other, so the K / V (or Q / dO) they all stream stay in L2."""
+    next to each other, so the K / V (or Q / dO) they all stream stay in L2. HEAVY_LAST (causal query
+    blocks, whose work grows with the index) numbers blocks from the end, so that the longest programs
+    start first and short ones fill the last wave."""
     if BLOCK_FAST:
-        return tl.program_id(1), tl.program_id(0)
+        i_bh, i_blk, n_blk = tl.program_id(1), tl.program_id(0), tl.num_programs(0)
     else:
-        return tl.program_id(0), tl.program_id(1)
+        i_bh, i_blk, n_blk = tl.program_id(0), tl.program_id(1), tl.num_programs(1)
+    if HEAVY_LAST:
+        i_blk = n_blk - 1 - i_blk
+    return i_bh, i_blk
 
 
 @triton.jit
@@ -348,7 +353,7 @@ def sigmoid_attn_fwd_kernel(
     USE_TMA: tl.constexpr,
 ):
     """One program per (sequence, head, query block)."""
-    i_bh, i_m = _program_ids(BLOCK_FAST)
+    i_bh, i_m = _program_ids(BLOCK_FAST, CAUSAL)
     i_b, i_h = i_bh // H, i_bh % H
     i_hk = i_h // GROUP
     start_q, len_q = tl.load(START_Q + i_b), tl.load(LEN_Q + i_b)
@@ -811,7 +816,7 @@ def sigmoid_attn_bwd_dkdv_kernel(
     is not deterministic) and writes the sum of dS per (sequence, head, key block) to DBIAS (for d bias);
     the split path leaves DQ / DBIAS alone and the dQ kernel computes both.
     """
-    i_bhk, i_n = _program_ids(BLOCK_FAST)
+    i_bhk, i_n = _program_ids(BLOCK_FAST, False)  # causal: key block 0 is the longest
     i_b, i_hk = i_bhk // HKV, i_bhk % HKV
     start_q, len_q = tl.load(START_Q + i_b), tl.load(LEN_Q + i_b)
     start_k, len_k = tl.load(START_K + i_b), tl.load(LEN_K + i_b)
@@ -1068,7 +1073,7 @@ def sigmoid_attn_bwd_dq_kernel(
     BLOCK_FAST: tl.constexpr,
 ):
     """One program per (sequence, head, query block): dQ and the block's sum of dS (for d bias)."""
-    i_bh, i_m = _program_ids(BLOCK_FAST)
+    i_bh, i_m = _program_ids(BLOCK_FAST, CAUSAL)
     i_b, i_h = i_bh // H, i_bh % H
     i_hk = i_h // GROUP
     start_q, len_q = tl.load(START_Q + i_b), tl.load(LEN_Q + i_b)
