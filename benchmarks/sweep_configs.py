@@ -3,6 +3,7 @@ B = 16384 / L, H = 2048 / D) and print the best per head dim. Results go to JSON
 
 Usage: PYTHONPATH=src python3 benchmarks/sweep_configs.py [--out DIR] [--dims 64,128,256] [--L 4096]
        [--kinds fwd,dkdv,dq,fused]   (fused: the opt-in fused backward, timed with SIGCELL_FUSED_BWD=1)
+       [--causal] [--configs 'M,N,W,S;...'] [--rounds R]   (R interleaved passes; medians kept)
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 
 import torch
 import triton
@@ -61,12 +63,32 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+def parse_configs(text: str) -> list[tuple[int, int, int, int]]:
+    """``"128,32,4,3;64,64,4,3"`` -> [(128, 32, 4, 3), (64, 64, 4, 3)]."""
+    return [tuple(int(x) for x in part.split(",")) for part in text.split(";") if part]
+
+
+def time_config(kind, cfg, q, k, v, do, causal):
+    """ms of one call (fwd) or of the whole backward (other kinds) with ``cfg`` forced for ``kind``."""
+    interface.set_config_override(kind, cfg)
+    try:
+        if kind == "fwd":
+            return bench(lambda: sigmoid_attn_func(q, k, v, causal=causal))
+        out = sigmoid_attn_func(q, k, v, causal=causal)
+        return bench(lambda: out.backward(do, retain_graph=True))
+    finally:
+        interface.set_config_override(kind, None)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     ap.add_argument("--dims", default="64,128,256")
     ap.add_argument("--L", type=int, default=4096)
+    ap.add_argument("--causal", action="store_true")
     ap.add_argument("--kinds", default="fwd,dkdv,dq", help="kernels to sweep, of fwd, dkdv, dq, fused")
+    ap.add_argument("--configs", help="candidates for every kind instead of the built-in ones: 'M,N,W,S;...'")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved passes over the candidates (median)")
     args = ap.parse_args()
     kinds = args.kinds.split(",")
     unknown = set(kinds) - set(CANDIDATES)
@@ -81,26 +103,23 @@ def main():
             torch.randn(B, L, H, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
         )
         do = torch.randn_like(q)
-        flops = 4 * B * H * L * L * d
+        flops = 4 * B * H * L * L * d * (0.5 if args.causal else 1.0)
         for kind in kinds:
-            results = []
             # The fused kernel replaces dK/dV + dQ only while this switch is set (interface._triton_backward).
             os.environ["SIGCELL_FUSED_BWD"] = "1" if kind == "fused" else "0"
-            for cfg in CANDIDATES[kind]:
-                interface.set_config_override(kind, cfg)
-                try:
-                    if kind == "fwd":
-                        ms = bench(lambda q=q, k=k, v=v: sigmoid_attn_func(q, k, v))
-                        tf = flops / ms * 1e-9
-                    else:
-                        out = sigmoid_attn_func(q, k, v)
-                        ms = bench(lambda out=out, do=do: out.backward(do, retain_graph=True))
-                        tf = 2.5 * flops / ms * 1e-9
-                except Exception as err:  # out of shared memory / registers for this config
-                    print(f"D{d} {kind} {cfg}: failed ({type(err).__name__}: {str(err)[:80]})")
-                    continue
-                finally:
-                    interface.set_config_override(kind, None)
+            candidates = parse_configs(args.configs) if args.configs else CANDIDATES[kind]
+            times = {cfg: [] for cfg in candidates}
+            for _ in range(args.rounds):
+                for cfg in list(times):
+                    try:
+                        times[cfg].append(time_config(kind, cfg, q, k, v, do, args.causal))
+                    except Exception as err:  # out of shared memory / registers for this config
+                        print(f"D{d} {kind} {cfg}: failed ({type(err).__name__}: {str(err)[:80]})")
+                        del times[cfg]
+            results = []
+            for cfg, runs in times.items():
+                ms = statistics.median(runs)
+                tf = (1.0 if kind == "fwd" else 2.5) * flops / ms * 1e-9
                 results.append((ms, cfg))
                 rows.append(
                     dict(
@@ -109,25 +128,29 @@ def main():
                         L=L,
                         B=B,
                         H=H,
+                        causal=args.causal,
                         kind=kind,
                         config=cfg,
                         ms=ms,
+                        runs_ms=runs,
                         tflops=tf,
                     )
                 )
-                print(f"D{d} {kind} {cfg}: {ms:.3f} ms  {tf:.1f} TFLOPS", flush=True)
+                runs_text = [round(x, 3) for x in runs]
+                print(f"D{d} {kind} {cfg}: {ms:.3f} ms  {tf:.1f} TFLOPS  (runs {runs_text})")
             if results:
                 ms, cfg = min(results)
                 best[(d, kind)] = cfg
                 interface.set_config_override(kind, cfg)  # later kinds are timed with the best so far
-                print(f"== D{d} {kind} best {cfg} {ms:.3f} ms")
+                print(f"== D{d} {kind} best {cfg} {ms:.3f} ms", flush=True)
         os.environ.pop("SIGCELL_FUSED_BWD", None)
         for kind in kinds:
             interface.set_config_override(kind, None)
         torch.cuda.empty_cache()
     print("BEST", {f"D{d}-{kind}": cfg for (d, kind), cfg in best.items()})
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "sweep_configs.json"), "w") as fh:
+    name = "sweep_configs-causal.json" if args.causal else "sweep_configs.json"
+    with open(os.path.join(args.out, name), "w") as fh:
         json.dump(rows, fh, indent=1)
 
 
