@@ -580,8 +580,7 @@ def _cu_from_starts(start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
 # [B, H] float32 or None, and start / length int32 [B] per sequence.
 
 
-@torch.library.custom_op("sigcell::sigmoid_attn_fwd", mutates_args=())
-def _sigmoid_attn_fwd(
+def _forward_impl(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -637,6 +636,9 @@ def _sigmoid_attn_fwd(
     return out.contiguous()  # the fake kernel promises contiguous outputs
 
 
+_sigmoid_attn_fwd = torch.library.custom_op("sigcell::sigmoid_attn_fwd", _forward_impl, mutates_args=())
+
+
 @_sigmoid_attn_fwd.register_fake
 def _(
     q,
@@ -659,8 +661,7 @@ def _(
     return q.new_empty(q.shape)
 
 
-@torch.library.custom_op("sigcell::sigmoid_attn_bwd", mutates_args=())
-def _sigmoid_attn_bwd(
+def _backward_impl(
     dout: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -711,6 +712,9 @@ def _sigmoid_attn_bwd(
     )
 
 
+_sigmoid_attn_bwd = torch.library.custom_op("sigcell::sigmoid_attn_bwd", _backward_impl, mutates_args=())
+
+
 @_sigmoid_attn_bwd.register_fake
 def _(
     dout,
@@ -745,9 +749,9 @@ def _setup_context(ctx, inputs, output):
     ctx.has_key_bias = inputs[4] is not None
 
 
-def _backward(ctx, dout):
+def _backward(ctx, dout, backward_fn=_sigmoid_attn_bwd):
     saved = ctx.saved_tensors
-    dq, dk, dv, dbias, dkb = _sigmoid_attn_bwd(dout.contiguous(), *saved, *ctx.attrs)
+    dq, dk, dv, dbias, dkb = backward_fn(dout.contiguous(), *saved, *ctx.attrs)
     return (
         dq,
         dk,
@@ -760,6 +764,31 @@ def _backward(ctx, dout):
 
 
 torch.library.register_autograd("sigcell::sigmoid_attn_fwd", _backward, setup_context=_setup_context)
+
+
+class _EagerSigmoidAttn(torch.autograd.Function):
+    """The same forward and backward as the custom ops, without torch.library's dispatch: on the H200
+    machine that dispatch took about 0.3 ms of Python per call (``benchmarks/profile_host.py``), as
+    long as the kernel itself at L = 1k, so short calls were bound by the host."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = _forward_impl(*inputs)
+        _setup_context(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        return _backward(ctx, dout, _backward_impl)
+
+
+def _attention(*inputs) -> torch.Tensor:
+    """Eager GPU calls take the light autograd.Function; torch.compile (and every other device) sees
+    the custom op, which it can trace without looking inside."""
+    q = inputs[0]
+    if _uses_triton(q) and not torch.compiler.is_compiling():
+        return _EagerSigmoidAttn.apply(*inputs)
+    return _sigmoid_attn_fwd(*inputs)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1016,12 +1045,18 @@ def sigmoid_attn_func(
         _fail(f"{fn}: q and k must have the same batch size, got {batch} and {k.shape[0]}")
     lens_q = _dense_lengths("seq_lens_q", seq_lens_q, batch, lq, q.device, fn)
     lens_k = _dense_lengths("seq_lens_k", seq_lens_k, batch, lk, q.device, fn)
-    starts = torch.zeros(batch, dtype=torch.int32, device=q.device)
-    return _sigmoid_attn_fwd(
+    starts = _constant_lengths(batch, 0, q.device)
+    if bias is None and seq_lens_k is None:  # -log(Lk) for every (sequence, head): the same every call
+        head_bias = _cached(
+            ("log_bias", batch, lk, heads, q.dtype), q.device, lambda: _head_bias(None, lens_k, heads, q, fn)
+        )
+    else:
+        head_bias = _head_bias(bias, lens_k, heads, q, fn)
+    return _attention(
         q,
         k,
         v,
-        _head_bias(bias, lens_k, heads, q, fn),
+        head_bias,
         _key_bias(key_bias, (batch, lk), q, fn, "[B, Lk]"),
         _alibi(alibi_slopes, batch, heads, q, fn),
         starts,
@@ -1037,9 +1072,39 @@ def sigmoid_attn_func(
     )
 
 
+# Small constant tensors of the dense path (lengths, starts, the default bias), made once per shape:
+# each costs a launch and some Python per call otherwise (measured in benchmarks/profile_host.py).
+_constants: dict[tuple, torch.Tensor] = {}
+_MAX_CONSTANTS = 256
+
+
+def _cached(key: tuple, device: torch.device, make) -> torch.Tensor:
+    """``make()`` (a tensor on ``device``), remembered under ``(key, device)``; not while torch.compile
+    traces or a CUDA graph captures (a tensor made there belongs to the trace or to the graph's pool)."""
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if torch.compiler.is_compiling() or capturing:
+        return make()
+    key = (*key, device)
+    tensor = _constants.get(key)
+    if tensor is None:
+        if len(_constants) >= _MAX_CONSTANTS:
+            _constants.clear()
+        tensor = _constants[key] = make()
+    return tensor
+
+
+def _constant_lengths(batch: int, value: int, device: torch.device) -> torch.Tensor:
+    """int32 ``[batch]`` filled with ``value`` (never written to by sigcell)."""
+
+    def make():
+        return torch.full((batch,), value, dtype=torch.int32, device=device)
+
+    return _cached(("lengths", batch, value), device, make)
+
+
 def _dense_lengths(name, lens, batch, max_len, device, fn) -> torch.Tensor:
     if lens is None:
-        return torch.full((batch,), max_len, dtype=torch.int32, device=device)
+        return _constant_lengths(batch, max_len, device)
     _check_lengths(name, lens, batch, max_len, device, fn)
     return lens
 
@@ -1102,7 +1167,7 @@ def sigmoid_attn_varlen_func(
     batch = cu_seqlens_q.numel() - 1
     lens_q, lens_k = lengths_from_cu_seqlens(cu_seqlens_q), lengths_from_cu_seqlens(cu_seqlens_k)
     kb = _key_bias(key_bias, (total_k,), q, fn, "[Tk]")
-    out = _sigmoid_attn_fwd(
+    out = _attention(
         q.unsqueeze(0),
         k.unsqueeze(0),
         v.unsqueeze(0),
