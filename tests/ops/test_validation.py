@@ -113,3 +113,24 @@ def test_a_bad_tensor_fails_every_time():
     for _ in range(2):
         with pytest.raises(ValueError, match=r"lie in \[0, 5\]"):
             sigmoid_attn_func(q, k, v, seq_lens_q=lens)
+
+
+def test_lengths_changed_in_place_give_new_results():
+    """Lengths and the default bias derived from a lengths / offsets tensor are remembered per tensor:
+    an in-place change must be seen (the same result as a fresh tensor with the new values)."""
+    torch.manual_seed(0)
+    q, k, v = packed()
+    cu = torch.tensor([0, 3, 7], dtype=I32)
+    sigmoid_attn_varlen_func(q, k, v, cu, cu, 4, 4)
+    cu[1] = 5
+    got = sigmoid_attn_varlen_func(q, k, v, cu, cu, 5, 5)
+    want = sigmoid_attn_varlen_func(q, k, v, cu.clone(), cu.clone(), 5, 5)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    qd, kd, vd = qkv()
+    lens = torch.tensor([5, 2], dtype=I32)
+    sigmoid_attn_func(qd, kd, vd, seq_lens_q=lens, seq_lens_k=lens)
+    lens[1] = 4
+    got = sigmoid_attn_func(qd, kd, vd, seq_lens_q=lens, seq_lens_k=lens)
+    want = sigmoid_attn_func(qd, kd, vd, seq_lens_q=lens.clone(), seq_lens_k=lens.clone())
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

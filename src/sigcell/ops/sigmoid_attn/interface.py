@@ -1050,6 +1050,10 @@ def sigmoid_attn_func(
         head_bias = _cached(
             ("log_bias", batch, lk, heads, q.dtype), q.device, lambda: _head_bias(None, lens_k, heads, q, fn)
         )
+    elif bias is None:
+        head_bias = _derived_from(
+            seq_lens_k, ("log_bias", heads, q.dtype), lambda: _head_bias(None, lens_k, heads, q, fn)
+        )
     else:
         head_bias = _head_bias(bias, lens_k, heads, q, fn)
     return _attention(
@@ -1091,6 +1095,26 @@ def _cached(key: tuple, device: torch.device, make) -> torch.Tensor:
             _constants.clear()
         tensor = _constants[key] = make()
     return tensor
+
+
+# Tensors derived from a caller's lengths / offsets tensor (lengths, the default bias), remembered while
+# that tensor is alive and unchanged (same version counter and storage), as in :func:`_needs_value_check`.
+_derived: dict[tuple, tuple[weakref.ref, tuple, torch.Tensor]] = {}
+
+
+def _derived_from(t: torch.Tensor, what: tuple, make) -> torch.Tensor:
+    """``make()``, computed from ``t``'s values, remembered under ``what`` until ``t`` changes."""
+    capturing = t.is_cuda and torch.cuda.is_current_stream_capturing()
+    if torch.compiler.is_compiling() or capturing:
+        return make()
+    key = (id(t), *what)
+    stamp = (t._version, t.data_ptr())
+    entry = _derived.get(key)
+    if entry is not None and entry[0]() is t and entry[1] == stamp:
+        return entry[2]
+    value = make()
+    _derived[key] = (weakref.ref(t, lambda _, key=key: _derived.pop(key, None)), stamp, value)
+    return value
 
 
 def _constant_lengths(batch: int, value: int, device: torch.device) -> torch.Tensor:
@@ -1165,13 +1189,20 @@ def sigmoid_attn_varlen_func(
             f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}"
         )
     batch = cu_seqlens_q.numel() - 1
-    lens_q, lens_k = lengths_from_cu_seqlens(cu_seqlens_q), lengths_from_cu_seqlens(cu_seqlens_k)
+    lens_q = _derived_from(cu_seqlens_q, ("lengths",), lambda: lengths_from_cu_seqlens(cu_seqlens_q))
+    lens_k = _derived_from(cu_seqlens_k, ("lengths",), lambda: lengths_from_cu_seqlens(cu_seqlens_k))
+    if bias is None:  # -log(Lk_b): the same while cu_seqlens_k is
+        head_bias = _derived_from(
+            cu_seqlens_k, ("log_bias", heads, q.dtype), lambda: _head_bias(None, lens_k, heads, q, fn)
+        )
+    else:
+        head_bias = _head_bias(bias, lens_k, heads, q, fn)
     kb = _key_bias(key_bias, (total_k,), q, fn, "[Tk]")
     out = _attention(
         q.unsqueeze(0),
         k.unsqueeze(0),
         v.unsqueeze(0),
-        _head_bias(bias, lens_k, heads, q, fn),
+        head_bias,
         None if kb is None else kb.unsqueeze(0),
         _alibi(alibi_slopes, batch, heads, q, fn),
         cu_seqlens_q[:-1].contiguous(),
