@@ -58,6 +58,20 @@ CANDIDATES = {
     ],
 }
 
+# D = 256: the shared-memory budget leaves other shapes; ptxas (sm_90a, no GPU; NOTES.md after v10)
+# reports spill stores per thread of dK/dV 32 x 32 / 4 warps (the default) 1.6 KB, 32 x 64 / 8 warps 4 B;
+# dQ 64 x 64 / 4 warps (the default) 6.7 KB, 128 x 32 / 8 warps 1.3 KB.
+CANDIDATES_D256 = {
+    "fwd": [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
+    "dkdv": [(32, 32, 4, 1), (32, 64, 8, 1), (64, 32, 8, 1), (64, 64, 8, 1), (32, 32, 8, 1)],
+    "dq": [(64, 64, 4, 2), (128, 32, 8, 2), (64, 64, 8, 1), (128, 64, 8, 1), (64, 32, 4, 2)],
+    "fused": [(32, 32, 8, 1), (32, 64, 8, 1), (64, 32, 8, 1)],
+}
+
+
+def candidates_for(kind: str, d: int) -> list[tuple[int, int, int, int]]:
+    return (CANDIDATES_D256 if d > 128 else CANDIDATES)[kind]
+
 
 def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
@@ -107,7 +121,7 @@ def main():
         for kind in kinds:
             # The fused kernel replaces dK/dV + dQ only while this switch is set (interface._triton_backward).
             os.environ["SIGCELL_FUSED_BWD"] = "1" if kind == "fused" else "0"
-            candidates = parse_configs(args.configs) if args.configs else CANDIDATES[kind]
+            candidates = parse_configs(args.configs) if args.configs else candidates_for(kind, d)
             times = {cfg: [] for cfg in candidates}
             for _ in range(args.rounds):
                 for cfg in list(times):
