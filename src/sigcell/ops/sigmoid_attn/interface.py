@@ -215,11 +215,22 @@ def _tma_ok(t: torch.Tensor) -> bool:
     )
 
 
-def _kv_descriptor(t: torch.Tensor, cfg: dict[str, int]):
-    """A ``[B', rows, H, D]`` descriptor whose loads are one key block of one head: ``[1, BN, 1, BD]``."""
+def _row_block_descriptor(t: torch.Tensor, rows: int, cfg: dict[str, int]):
+    """A ``[B', rows, H, D]`` descriptor whose blocks are ``rows`` rows of one head: ``[1, rows, 1, BD]``."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    return TensorDescriptor.from_tensor(t, [1, cfg["BLOCK_N"], 1, cfg["BLOCK_D"]])
+    return TensorDescriptor.from_tensor(t, [1, rows, 1, cfg["BLOCK_D"]])
+
+
+def _kv_descriptor(t: torch.Tensor, cfg: dict[str, int]):
+    """A descriptor whose loads are one key block of one head: ``[1, BN, 1, BD]``."""
+    return _row_block_descriptor(t, cfg["BLOCK_N"], cfg)
+
+
+def _fused_tma_dq_enabled() -> bool:
+    """dQ of the opt-in fused backward through TMA bulk reduce-adds; ``SIGCELL_FUSED_TMA_DQ=0`` keeps the
+    per-element float32 atomics (benchmark A/B)."""
+    return os.environ.get("SIGCELL_FUSED_TMA_DQ", "1") != "0"
 
 
 def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, ...]:
@@ -363,12 +374,16 @@ def _triton_backward(
                 dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
                 dbias_part = torch.zeros(n_seq * heads, num_n, dtype=torch.float32, device=q.device)
             grid, block_fast = _grid(num_n, n_seq * kv_heads)
+            # The fused kernel adds its dQ tiles with TMA bulk reduce-adds where the float32 buffer allows
+            # (not under the interpreter, which has no bulk reduce); elsewhere one atomic per element.
+            tma_dq = fused and _fused_tma_dq_enabled() and not _interpreting() and _tma_ok(dq_acc)
             sigmoid_attn_bwd_dkdv_kernel[grid](
                 q,
                 k,
                 v,
                 dout,
                 dq_acc if fused else dummy,
+                _row_block_descriptor(dq_acc, cfg["BLOCK_M"], cfg) if tma_dq else dummy,
                 dk,
                 dv,
                 dkb_part if dkb_part is not None else dummy,
@@ -398,6 +413,7 @@ def _triton_backward(
                 **flags,
                 BLOCK_FAST=block_fast,
                 FUSED=fused,
+                TMA_DQ=tma_dq,
                 **cfg,
             )
 

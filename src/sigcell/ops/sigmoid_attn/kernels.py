@@ -486,6 +486,10 @@ def _dkdv_step(
     slope,
     kb_base,
     dq_base,
+    DQ_DESC,
+    dq_desc_b,
+    dq_desc_row,
+    i_h,
     stride_qt,
     stride_qd,
     stride_dot,
@@ -504,6 +508,7 @@ def _dkdv_step(
     DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
     ATOMIC_DQ: tl.constexpr,
+    TMA_DQ: tl.constexpr,
 ):
     """Add one query block's contribution to dK, dV and the per-key sums of dS; with ATOMIC_DQ, also add
     ``4 dS k`` to the float32 dQ rows at ``dq_base`` (the fused backward; the caller scales the sum by
@@ -549,7 +554,15 @@ def _dkdv_step(
         # dQ rows get dS k from every key block's program: one matmul here instead of the dQ kernel's
         # recomputed S and dP (5 block matmuls per pair instead of 7).
         b_dq = _dot(b_ds_in, b_k, DOT_PRECISION, EMULATE_BF16)  # scale / 4 applied by the caller
-        _atomic_add_rows(dq_base, o_m, o_d, stride_dqt, stride_dqd, len_q, b_dq, MASK_ROWS, HEAD_DIM, BLOCK_D)
+        if TMA_DQ:
+            # One bulk reduce-add of the whole tile (TMA) instead of one atomic per element. Rows past the
+            # sequence add zeros (their Q and dO rows load as 0, so their dS k is 0): a neighbouring packed
+            # sequence is left unchanged.
+            DQ_DESC.atomic_add([dq_desc_b, dq_desc_row + m0, i_h, 0], b_dq.reshape(1, BLOCK_M, 1, BLOCK_D))
+        else:
+            _atomic_add_rows(
+                dq_base, o_m, o_d, stride_dqt, stride_dqd, len_q, b_dq, MASK_ROWS, HEAD_DIM, BLOCK_D
+            )
     return b_dk, b_dv, b_dkb
 
 
@@ -583,6 +596,10 @@ def _dkdv_query_blocks(
     q_base,
     do_base,
     dq_base,
+    DQ_DESC,
+    dq_desc_b,
+    dq_desc_row,
+    i_h,
     lo,
     diag_end,
     rows_end,
@@ -615,6 +632,7 @@ def _dkdv_query_blocks(
     DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
     ATOMIC_DQ: tl.constexpr,
+    TMA_DQ: tl.constexpr,
 ):
     """:func:`_dkdv_step` over the query blocks of one head that see the key block (bounds of
     :func:`_query_loop_bounds`)."""
@@ -638,6 +656,10 @@ def _dkdv_query_blocks(
             slope,
             kb_base,
             dq_base,
+            DQ_DESC,
+            dq_desc_b,
+            dq_desc_row,
+            i_h,
             stride_qt,
             stride_qd,
             stride_dot,
@@ -656,6 +678,7 @@ def _dkdv_query_blocks(
             DOT_PRECISION,
             EMULATE_BF16,
             ATOMIC_DQ,
+            TMA_DQ,
         )
     for m0 in range(tl.maximum(diag_end, lo), rows_end, BLOCK_M):
         b_dk, b_dv, b_dkb = _dkdv_step(
@@ -677,6 +700,10 @@ def _dkdv_query_blocks(
             slope,
             kb_base,
             dq_base,
+            DQ_DESC,
+            dq_desc_b,
+            dq_desc_row,
+            i_h,
             stride_qt,
             stride_qd,
             stride_dot,
@@ -695,6 +722,7 @@ def _dkdv_query_blocks(
             DOT_PRECISION,
             EMULATE_BF16,
             ATOMIC_DQ,
+            TMA_DQ,
         )
     for m0 in range(tail_start, q_end, BLOCK_M):
         b_dk, b_dv, b_dkb = _dkdv_step(
@@ -716,6 +744,10 @@ def _dkdv_query_blocks(
             slope,
             kb_base,
             dq_base,
+            DQ_DESC,
+            dq_desc_b,
+            dq_desc_row,
+            i_h,
             stride_qt,
             stride_qd,
             stride_dot,
@@ -734,6 +766,7 @@ def _dkdv_query_blocks(
             DOT_PRECISION,
             EMULATE_BF16,
             ATOMIC_DQ,
+            TMA_DQ,
         )
     return b_dk, b_dv, b_dkb
 
@@ -745,6 +778,7 @@ def sigmoid_attn_bwd_dkdv_kernel(
     V,
     DO,
     DQ,
+    DQ_DESC,
     DK,
     DV,
     DKB,
@@ -808,6 +842,7 @@ def sigmoid_attn_bwd_dkdv_kernel(
     EMULATE_BF16: tl.constexpr,
     BLOCK_FAST: tl.constexpr,
     FUSED: tl.constexpr,
+    TMA_DQ: tl.constexpr,
 ):
     """One program per (sequence, KV head, key block): dK, dV and the per-key sum of dS for its group.
 
@@ -879,6 +914,10 @@ def sigmoid_attn_bwd_dkdv_kernel(
             q_base,
             do_base,
             dq_base,
+            DQ_DESC,
+            i_b if STORE_ALL_ROWS else 0,  # descriptor: [B, rows, H, D] padded, [1, T, H, D] packed
+            start_q,
+            i_h,
             lo,
             diag_end,
             rows_end,
@@ -911,6 +950,7 @@ def sigmoid_attn_bwd_dkdv_kernel(
             DOT_PRECISION,
             EMULATE_BF16,
             FUSED,
+            TMA_DQ,
         )
         if FUSED:
             b_dkb += b_dsum
