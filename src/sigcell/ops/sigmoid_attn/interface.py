@@ -227,6 +227,12 @@ def _kv_descriptor(t: torch.Tensor, cfg: dict[str, int]):
     return _row_block_descriptor(t, cfg["BLOCK_N"], cfg)
 
 
+def _bwd_tma_enabled() -> bool:
+    """Backward loads through TMA descriptors: opt-in with ``SIGCELL_BWD_TMA=1`` until measured on a GPU
+    (benchmarks/NOTES.md, v11)."""
+    return os.environ.get("SIGCELL_BWD_TMA", "0") == "1"
+
+
 def _fused_tma_dq_enabled() -> bool:
     """dQ of the opt-in fused backward through TMA bulk reduce-adds; ``SIGCELL_FUSED_TMA_DQ=0`` keeps the
     per-element float32 atomics (benchmark A/B)."""
@@ -359,6 +365,10 @@ def _triton_backward(
         kb = key_bias if key_bias is not None else dummy
         sl = slopes if slopes is not None else dummy
         kb_strides = _key_bias_strides(key_bias, varlen)
+        # Opt-in (SIGCELL_BWD_TMA=1, not yet measured): Q / dO blocks of dK/dV and K / V blocks of dQ
+        # through TMA tensor descriptors, as the forward's K / V.
+        tma_q = _bwd_tma_enabled() and _tma_ok(q) and _tma_ok(dout)
+        tma_kv = _bwd_tma_enabled() and _tma_ok(k) and _tma_ok(v)
         dkb_strides = (
             (0, 0, 0)
             if dkb_part is None
@@ -384,6 +394,7 @@ def _triton_backward(
                 dout,
                 dq_acc if fused else dummy,
                 _row_block_descriptor(dq_acc, cfg["BLOCK_M"], cfg) if tma_dq else dummy,
+                *((_row_block_descriptor(t, cfg["BLOCK_M"], cfg) for t in (q, dout)) if tma_q else (q, dout)),
                 dk,
                 dv,
                 dkb_part if dkb_part is not None else dummy,
@@ -414,6 +425,7 @@ def _triton_backward(
                 BLOCK_FAST=block_fast,
                 FUSED=fused,
                 TMA_DQ=tma_dq,
+                USE_TMA=tma_q,
                 **cfg,
             )
 
@@ -426,6 +438,7 @@ def _triton_backward(
                 q,
                 k,
                 v,
+                *((_kv_descriptor(t, cfg) for t in (k, v)) if tma_kv else (k, v)),
                 dout,
                 dq,
                 dbias_part,
@@ -449,6 +462,7 @@ def _triton_backward(
                 heads // kv_heads,
                 **flags,
                 BLOCK_FAST=block_fast,
+                USE_TMA=tma_kv,
                 **cfg,
             )
 
