@@ -904,26 +904,38 @@ def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, max_seqlen: int, 
     _passed_value_check(cu, (total, max_seqlen))
 
 
-# Tensors whose values passed a check, with what they were checked against. Checking values reads them
-# on the host (a device sync), so a tensor passed to every layer of a model is read once, not per layer;
-# an in-place change bumps its version and brings the check back.
-# Keyed by id() with a weak reference (tensors compare elementwise, so they cannot be dict keys).
-_checked_values: dict[int, tuple[weakref.ref, tuple]] = {}
+# What sigcell learned from the values of a caller's tensor (that they passed a check; lengths and the
+# default bias derived from them), remembered while the tensor is alive and unchanged: reading values on
+# the host is a device sync, and deriving tensors costs launches, so a tensor passed to every layer of a
+# model is handled once, not per layer; an in-place change bumps its version and starts over.
+# Keyed by (id(), what) with a weak reference (tensors compare elementwise, so they cannot be dict keys).
+_per_tensor: dict[tuple, tuple[weakref.ref, tuple[int, int], object]] = {}
+
+
+def _recall(t: torch.Tensor, what: tuple) -> object | None:
+    """What :func:`_remember` stored for ``t`` under ``what``, or None if ``t`` changed since."""
+    entry = _per_tensor.get((id(t), *what))
+    if entry is not None and entry[0]() is t and entry[1] == (t._version, t.data_ptr()):
+        return entry[2]
+    return None
+
+
+def _remember(t: torch.Tensor, what: tuple, value: object) -> None:
+    key = (id(t), *what)
+    ref = weakref.ref(t, lambda _, key=key: _per_tensor.pop(key, None))
+    _per_tensor[key] = (ref, (t._version, t.data_ptr()), value)
 
 
 def _needs_value_check(t: torch.Tensor, against: object) -> bool:
     """True when ``t``'s values must be checked now (see :func:`_passed_value_check`)."""
     if torch.compiler.is_compiling():  # values are not available while torch.compile traces
         return False
-    entry = _checked_values.get(id(t))
-    return entry is None or entry[0]() is not t or entry[1] != (t._version, t.data_ptr(), against)
+    return _recall(t, ("checked",)) != against
 
 
 def _passed_value_check(t: torch.Tensor, against: object) -> None:
     if not torch.compiler.is_compiling():
-        key = id(t)
-        ref = weakref.ref(t, lambda _, key=key: _checked_values.pop(key, None))
-        _checked_values[key] = (ref, (t._version, t.data_ptr(), against))
+        _remember(t, ("checked",), against)
 
 
 def _param_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -934,8 +946,12 @@ def _param_dtype(dtype: torch.dtype) -> torch.dtype:
 def _head_bias(bias, lens_k: torch.Tensor, heads: int, q: torch.Tensor, fn: str) -> torch.Tensor:
     """The additive bias per (sequence, head) as float32 ``[B, H]``."""
     device, dtype = q.device, _param_dtype(q.dtype)
-    if bias is None:
-        return (-torch.log(lens_k.clamp(min=1).to(dtype))).unsqueeze(1).expand(-1, heads).contiguous()
+    if bias is None:  # the same while lens_k is (a cached constant, or derived from the caller's lengths)
+
+        def make():
+            return (-torch.log(lens_k.clamp(min=1).to(dtype))).unsqueeze(1).expand(-1, heads).contiguous()
+
+        return _derived_from(lens_k, ("log_bias", heads, dtype), make)
     if isinstance(bias, torch.Tensor):
         if tuple(bias.shape) != (heads,):
             _fail(
@@ -1076,21 +1092,11 @@ def sigmoid_attn_func(
     lens_q = _dense_lengths("seq_lens_q", seq_lens_q, batch, lq, q.device, fn)
     lens_k = _dense_lengths("seq_lens_k", seq_lens_k, batch, lk, q.device, fn)
     starts = _constant_lengths(batch, 0, q.device)
-    if bias is None and seq_lens_k is None:  # -log(Lk) for every (sequence, head): the same every call
-        head_bias = _cached(
-            ("log_bias", batch, lk, heads, q.dtype), q.device, lambda: _head_bias(None, lens_k, heads, q, fn)
-        )
-    elif bias is None:
-        head_bias = _derived_from(
-            seq_lens_k, ("log_bias", heads, q.dtype), lambda: _head_bias(None, lens_k, heads, q, fn)
-        )
-    else:
-        head_bias = _head_bias(bias, lens_k, heads, q, fn)
     return _attention(
         q,
         k,
         v,
-        head_bias,
+        _head_bias(bias, lens_k, heads, q, fn),
         _key_bias(key_bias, (batch, lk), q, fn, "[B, Lk]"),
         _alibi(alibi_slopes, batch, heads, q, fn),
         starts,
@@ -1106,7 +1112,7 @@ def sigmoid_attn_func(
     )
 
 
-# Small constant tensors of the dense path (lengths, starts, the default bias), made once per shape:
+# Small constant tensors of the dense path (lengths, starts), made once per shape:
 # each costs a launch and some Python per call otherwise (measured in benchmarks/profile_host.py).
 _constants: dict[tuple, torch.Tensor] = {}
 _MAX_CONSTANTS = 256
@@ -1127,23 +1133,16 @@ def _cached(key: tuple, device: torch.device, make) -> torch.Tensor:
     return tensor
 
 
-# Tensors derived from a caller's lengths / offsets tensor (lengths, the default bias), remembered while
-# that tensor is alive and unchanged (same version counter and storage), as in :func:`_needs_value_check`.
-_derived: dict[tuple, tuple[weakref.ref, tuple, torch.Tensor]] = {}
-
-
 def _derived_from(t: torch.Tensor, what: tuple, make) -> torch.Tensor:
-    """``make()``, computed from ``t``'s values, remembered under ``what`` until ``t`` changes."""
+    """``make()``, a tensor computed from ``t``'s values, remembered under ``what`` until ``t`` changes
+    (:func:`_remember`); not while torch.compile traces or a CUDA graph captures."""
     capturing = t.is_cuda and torch.cuda.is_current_stream_capturing()
     if torch.compiler.is_compiling() or capturing:
         return make()
-    key = (id(t), *what)
-    stamp = (t._version, t.data_ptr())
-    entry = _derived.get(key)
-    if entry is not None and entry[0]() is t and entry[1] == stamp:
-        return entry[2]
-    value = make()
-    _derived[key] = (weakref.ref(t, lambda _, key=key: _derived.pop(key, None)), stamp, value)
+    value = _recall(t, what)
+    if value is None:
+        value = make()
+        _remember(t, what, value)
     return value
 
 
@@ -1221,18 +1220,12 @@ def sigmoid_attn_varlen_func(
     batch = cu_seqlens_q.numel() - 1
     lens_q = _derived_from(cu_seqlens_q, ("lengths",), lambda: lengths_from_cu_seqlens(cu_seqlens_q))
     lens_k = _derived_from(cu_seqlens_k, ("lengths",), lambda: lengths_from_cu_seqlens(cu_seqlens_k))
-    if bias is None:  # -log(Lk_b): the same while cu_seqlens_k is
-        head_bias = _derived_from(
-            cu_seqlens_k, ("log_bias", heads, q.dtype), lambda: _head_bias(None, lens_k, heads, q, fn)
-        )
-    else:
-        head_bias = _head_bias(bias, lens_k, heads, q, fn)
     kb = _key_bias(key_bias, (total_k,), q, fn, "[Tk]")
     out = _attention(
         q.unsqueeze(0),
         k.unsqueeze(0),
         v.unsqueeze(0),
-        head_bias,
+        _head_bias(bias, lens_k, heads, q, fn),
         None if kb is None else kb.unsqueeze(0),
         _alibi(alibi_slopes, batch, heads, q, fn),
         cu_seqlens_q[:-1].contiguous(),
