@@ -104,6 +104,25 @@ def make_case(
     )
 
 
+def grid_case(
+    seed: int, index: int, causal: bool, layout: str, heads: tuple[int, int], dim: int, **fields
+) -> Case:
+    """Case ``index`` of a parametrized grid: the grid's axes, plus bias mode, key bias and ALiBi rotated
+    with the index so that the grid covers their combinations; ``fields`` go to :func:`make_case`."""
+    return make_case(
+        seed + index,
+        layout=layout,
+        heads=heads[0],
+        kv_heads=heads[1],
+        dim=dim,
+        causal=causal,
+        bias_mode=("none", "float", "tensor")[index % 3],
+        key_bias=index % 2 == 0,
+        alibi=index % 4 == 1,
+        **fields,
+    )
+
+
 def rounded(case: Case, dtype: torch.dtype) -> Case:
     """The case with q / k / v / dout rounded to ``dtype`` (kept in float64), so that a float64 reference
     sees exactly the inputs a low-precision run sees."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sigcell.ops.sigmoid_attn import interface
-from tests.ops.cases import DTYPES, check_kernels, make_case, rel_err, rounded, run
+from tests.ops.cases import DTYPES, check_kernels, grid_case, make_case, rel_err, rounded, run
 
 pytestmark = [
     pytest.mark.gpu,
@@ -29,20 +29,9 @@ GRID = list(itertools.product(DTYPES, [False, True], ["padded", "varlen"], [(8, 
 @pytest.mark.parametrize(("dtype", "causal", "layout", "heads", "dim"), GRID)
 def test_kernels_match_reference(dtype, causal, layout, heads, dim):
     index = GRID.index((dtype, causal, layout, heads, dim))
-    case = make_case(
-        5000 + index,
-        layout=layout,
-        batch=4,
-        lq=1000 if causal else 1031,
-        lk=1031 if causal else 977,
-        heads=heads[0],
-        kv_heads=heads[1],
-        dim=dim,
-        causal=causal,
-        bias_mode=("none", "float", "tensor")[index % 3],
-        key_bias=index % 2 == 0,
-        alibi=index % 4 == 1,
-        device="cuda",
+    case = grid_case(
+        5000, index, causal, layout, heads, dim, batch=4, lq=1000 if causal else 1031,
+        lk=1031 if causal else 977, device="cuda",
     )
     _check(case, DTYPES[dtype])
 
@@ -55,11 +44,9 @@ def test_fused_backward_matches_reference(dtype, causal, layout, heads, dim, mon
     """The opt-in fused backward (SIGCELL_FUSED_BWD=1: dK, dV and atomic dQ in one kernel)."""
     monkeypatch.setenv("SIGCELL_FUSED_BWD", "1")
     index = FUSED_GRID.index((dtype, causal, layout, heads, dim))
-    case = make_case(
-        7000 + index, layout=layout, batch=4, lq=1000 if causal else 1031, lk=1031 if causal else 977,
-        heads=heads[0], kv_heads=heads[1], dim=dim, causal=causal,
-        bias_mode=("none", "float", "tensor")[index % 3], key_bias=index % 2 == 0, alibi=index % 4 == 1,
-        device="cuda",
+    case = grid_case(
+        7000, index, causal, layout, heads, dim, batch=4, lq=1000 if causal else 1031,
+        lk=1031 if causal else 977, device="cuda",
     )
     _check(case, DTYPES[dtype])
 

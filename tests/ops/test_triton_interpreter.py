@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sigcell.ops.sigmoid_attn import interface
-from tests.ops.cases import DTYPES, check_kernels, make_case, rel_err, rounded, run
+from tests.ops.cases import DTYPES, check_kernels, grid_case, make_case, rel_err, rounded, run
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1", reason="Triton interpreter tests run only without CUDA"
@@ -46,19 +46,8 @@ GRID = list(itertools.product(DTYPES, [False, True], ["padded", "varlen"], [(4, 
 @pytest.mark.parametrize(("dtype", "causal", "layout", "heads", "dim"), GRID)
 def test_kernels_match_reference(dtype, causal, layout, heads, dim):
     index = GRID.index((dtype, causal, layout, heads, dim))
-    case = make_case(
-        1000 + index,
-        layout=layout,
-        heads=heads[0],
-        kv_heads=heads[1],
-        dim=dim,
-        causal=causal,
-        bias_mode=("none", "float", "tensor")[index % 3],
-        key_bias=index % 2 == 0,
-        alibi=index % 4 == 1,
-        lq=29 if causal else 37,
-        lk=37 if causal else 34,
-    )
+    lq, lk = (29, 37) if causal else (37, 34)
+    case = grid_case(1000, index, causal, layout, heads, dim, lq=lq, lk=lk)
     _check(case, DTYPES[dtype])
 
 
@@ -203,20 +192,9 @@ FUSED_GRID = list(
 @pytest.mark.parametrize(("dtype", "causal", "layout", "heads", "dim"), FUSED_GRID)
 def test_fused_backward_matches_reference(dtype, causal, layout, heads, dim, fused_bwd):
     index = FUSED_GRID.index((dtype, causal, layout, heads, dim))
-    case = make_case(
-        4000 + index,
-        layout=layout,
-        heads=heads[0],
-        kv_heads=heads[1],
-        dim=dim,
-        causal=causal,
-        bias_mode=("none", "float", "tensor")[index % 3],
-        key_bias=index % 2 == 0,
-        alibi=index % 4 == 1,
-        # Lq > Lk (causal: leading queries see no key) and Lq < Lk, several partial blocks.
-        lq=37 if index // 3 % 2 else 29,
-        lk=29 if index // 3 % 2 else 37,
-    )
+    # Lq > Lk (causal: leading queries see no key) and Lq < Lk, several partial blocks.
+    lq, lk = (37, 29) if index // 3 % 2 else (29, 37)
+    case = grid_case(4000, index, causal, layout, heads, dim, lq=lq, lk=lk)
     _check(case, DTYPES[dtype])
 
 
