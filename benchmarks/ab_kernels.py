@@ -5,9 +5,11 @@ that entry of ``sys.modules`` swaps the kernels (same launch configs, same host 
 interleaved (A B A B ...) so that clock and temperature drift hit both alike. Dense bf16, paper shapes
 (B = 16384 / L, H = 2048 / D), fwd and bwd TFLOPS as in ``sigcell bench kernels``.
 
-Usage: PYTHONPATH=src python3 benchmarks/ab_kernels.py OLD_KERNELS.py [--d 64,128] [--l 1024,4096,16384]
-       [--causal] [--rounds 3] [--out DIR]
-(OLD_KERNELS.py: e.g. ``git show HEAD~1:src/sigcell/ops/sigmoid_attn/kernels.py > old.py``.)
+Usage: PYTHONPATH=src python3 benchmarks/ab_kernels.py [OLD_KERNELS.py] [--env-a VAR=VALUE,...]
+       [--env-b VAR=VALUE,...] [--d 64,128] [--l 1024,4096,16384] [--causal] [--rounds 3] [--out DIR]
+(OLD_KERNELS.py: e.g. ``git show HEAD~1:src/sigcell/ops/sigmoid_attn/kernels.py > old.py``; without it
+both versions use the current kernels and differ by their environment switches, e.g.
+``--env-b SIGCELL_BWD_TMA=1``: the interface reads those at call time.)
 """
 
 from __future__ import annotations
@@ -33,7 +35,23 @@ def load_module(path: str, name: str):
     return module
 
 
-def time_shape(versions: dict, d: int, L: int, causal: bool, rounds: int) -> list[dict]:
+def parse_env(text: str) -> dict[str, str]:
+    """``"A=1,B=0"`` -> ``{"A": "1", "B": "0"}``."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    bad = [item for item in pairs if len(item) != 2 or not item[0]]
+    if bad:
+        raise SystemExit(f"--env-a / --env-b take VAR=VALUE[,VAR=VALUE...], got {text!r}")
+    return dict(pairs)
+
+
+def activate(module, env: dict[str, str]) -> None:
+    """Make ``module`` the kernels the interface imports, under ``env`` (other switches as started)."""
+    sys.modules[MODULE] = module
+    for name, value in env.items():
+        os.environ[name] = value
+
+
+def time_shape(versions: dict, envs: dict, d: int, L: int, causal: bool, rounds: int) -> list[dict]:
     """fwd and bwd TFLOPS of each version at one paper shape (median of interleaved rounds)."""
     from sigcell import sigmoid_attn_func
 
@@ -52,7 +70,7 @@ def time_shape(versions: dict, d: int, L: int, causal: bool, rounds: int) -> lis
     times = {(ver, mode): [] for ver in versions for mode in ("fwd", "bwd")}
     for _ in range(rounds):
         for ver, module in versions.items():
-            sys.modules[MODULE] = module
+            activate(module, envs[ver])
             times[(ver, "fwd")].append(triton.testing.do_bench(fwd, warmup=25, rep=100))
             out = fwd()
 
@@ -61,7 +79,7 @@ def time_shape(versions: dict, d: int, L: int, causal: bool, rounds: int) -> lis
 
             times[(ver, "bwd")].append(triton.testing.do_bench(bwd, warmup=25, rep=100))
             q.grad = k.grad = v.grad = None
-    sys.modules[MODULE] = versions["B"]
+    activate(versions["B"], envs["B"])
     rows = []
     for mode, mult in (("fwd", 1.0), ("bwd", 2.5)):
         tf = {ver: mult * flops / statistics.median(times[(ver, mode)]) * 1e-9 for ver in versions}
@@ -73,7 +91,9 @@ def time_shape(versions: dict, d: int, L: int, causal: bool, rounds: int) -> lis
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("old", help="path of the other kernels.py (version A)")
+    ap.add_argument("old", nargs="?", help="the other kernels.py (version A; default: the current one)")
+    ap.add_argument("--env-a", default="", help="environment switches while version A runs: VAR=VALUE,...")
+    ap.add_argument("--env-b", default="", help="environment switches while version B runs: VAR=VALUE,...")
     ap.add_argument("--d", default="64,128")
     ap.add_argument("--l", default="1024,4096,16384")
     ap.add_argument("--causal", action="store_true")
@@ -81,11 +101,21 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     args = ap.parse_args()
 
-    versions = {"A": load_module(args.old, "sigcell_kernels_a"), "B": importlib.import_module(MODULE)}
+    current = importlib.import_module(MODULE)
+    versions = {"A": load_module(args.old, "sigcell_kernels_a") if args.old else current, "B": current}
+    envs = {"A": parse_env(args.env_a), "B": parse_env(args.env_b)}
+    # A switch set for one version only keeps its starting value (or empty: unset) for the other.
+    for name in set(envs["A"]) | set(envs["B"]):
+        default = os.environ.get(name)
+        for env in envs.values():
+            if name not in env and default is not None:
+                env[name] = default
+            elif name not in env:
+                env[name] = ""
     rows = []
     for d in map(int, args.d.split(",")):
         for L in map(int, args.l.split(",")):
-            rows += time_shape(versions, d, L, args.causal, args.rounds)
+            rows += time_shape(versions, envs, d, L, args.causal, args.rounds)
             torch.cuda.empty_cache()
     os.makedirs(args.out, exist_ok=True)
     result = dict(
@@ -93,8 +123,10 @@ def main() -> None:
         torch=torch.__version__,
         triton=triton.__version__,
         dtype="bf16",
-        a=os.path.abspath(args.old),
+        a=os.path.abspath(args.old) if args.old else MODULE,
         b=MODULE,
+        env_a=envs["A"],
+        env_b=envs["B"],
         rows=rows,
     )
     path = os.path.join(args.out, f"ab_kernels-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json")
