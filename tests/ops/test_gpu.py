@@ -27,13 +27,86 @@ GRID = list(itertools.product(DTYPES, [False, True], ["padded", "varlen"], [(8, 
 
 
 @pytest.mark.parametrize(("dtype", "causal", "layout", "heads", "dim"), GRID)
-def test_kernels_match_reference(dtype, causal, layout, heads, dim):
+def test_kernels_match_reference(dtype, causal, layout, heads, dim, monkeypatch):
+    """The portable Triton kernels (the Hopper forward has its own grid below)."""
+    monkeypatch.setenv("SIGCELL_HOPPER_FWD", "0")
     index = GRID.index((dtype, causal, layout, heads, dim))
     case = grid_case(
         5000, index, causal, layout, heads, dim, batch=4, lq=1000 if causal else 1031,
         lk=1031 if causal else 977, device="cuda",
     )
     _check(case, DTYPES[dtype])
+
+
+def _hopper_calls(monkeypatch) -> list:
+    """Route D64 and D128 to the Gluon forward and record its launches (skips off sm_90)."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Gluon forward needs an sm_90 GPU (H100 / H200)")
+    monkeypatch.delenv("SIGCELL_HOPPER_FWD", raising=False)
+    monkeypatch.setenv("SIGCELL_HOPPER_FWD_DIMS", "64,128")
+    calls = []
+    launch = interface._hopper_forward
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(interface, "_hopper_forward", spy)
+    return calls
+
+
+HOPPER_GRID = list(
+    itertools.product(
+        ["bf16", "fp16"], [False, True], ["padded", "varlen"], [(8, 8), (8, 2)], [64, 128], [False, True]
+    )
+)
+
+
+@pytest.mark.parametrize(("dtype", "causal", "layout", "heads", "dim", "key_bias"), HOPPER_GRID)
+def test_hopper_forward_matches_reference(dtype, causal, layout, heads, dim, key_bias, monkeypatch):
+    calls = _hopper_calls(monkeypatch)
+    index = HOPPER_GRID.index((dtype, causal, layout, heads, dim, key_bias))
+    case = make_case(
+        8000 + index, layout=layout, batch=4, lq=1000 if causal else 1031, lk=1031 if causal else 977,
+        heads=heads[0], kv_heads=heads[1], dim=dim, causal=causal, key_bias=key_bias,
+        bias_mode=("none", "float", "tensor")[index % 3], device="cuda",
+    )
+    _check(case, DTYPES[dtype])
+    assert calls, "the Gluon forward did not run"
+
+
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("key_bias", [False, True])
+def test_hopper_forward_edges(layout, causal, key_bias, monkeypatch):
+    """Lengths 1 and 0 (on either side), one row past a block, a block and a half, full length."""
+    calls = _hopper_calls(monkeypatch)
+    case = make_case(
+        8100 + 2 * causal + key_bias, layout=layout, lq=300, lk=300, lens_q=[1, 0, 300, 0, 129, 65, 192],
+        lens_k=[1, 0, 0, 300, 77, 65, 191], heads=4, kv_heads=1, dim=128, causal=causal, key_bias=key_bias,
+        device="cuda",
+    )
+    _check(case, torch.bfloat16)
+    assert calls, "the Gluon forward did not run"
+
+
+def test_hopper_forward_ignores_nan_padding(monkeypatch):
+    """NaN in the padding rows of q / k / v changes nothing (the kernel reads padding past each sequence
+    through TMA, masks its scores and zeroes those V rows)."""
+    calls = _hopper_calls(monkeypatch)
+    gen = torch.Generator(device="cuda").manual_seed(8200)
+    lens = torch.tensor([333, 200, 1, 64], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(4, 333, 4, 128, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+    padding = torch.arange(333, device="cuda")[None, :] >= lens[:, None]
+
+    def attend(fill):
+        filled = [t.masked_fill(padding[:, :, None, None], fill) for t in (q, k, v)]
+        return interface.sigmoid_attn_func(*filled, seq_lens_q=lens, seq_lens_k=lens)
+
+    clean, dirty = attend(0.0), attend(float("nan"))
+    assert torch.equal(clean, dirty)
+    assert (clean[padding] == 0).all()
+    assert len(calls) == 2
 
 
 FUSED_GRID = list(itertools.product(DTYPES, [False, True], ["padded", "varlen"], [(8, 2)], [64, 128]))

@@ -9,6 +9,7 @@ that use them without graph breaks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -112,7 +113,7 @@ _CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
         32: (64, 64, 4, 2),
         64: (64, 64, 4, 2),
         128: (64, 64, 4, 2),
-        256: (32, 32, 4, 1),
+        256: (64, 64, 8, 1),  # v13 sweep (H200): 216 TFLOPS vs 182 for 32 x 32 / 4 warps
     },
     "dq": {
         16: (64, 64, 4, 2),
@@ -251,6 +252,101 @@ def _key_bias_strides(key_bias: torch.Tensor | None, varlen: bool) -> tuple[int,
     return (0 if varlen else key_bias.stride(0), key_bias.stride(1))
 
 
+# Hopper forward (hopper.py, Gluon): head dim -> (BLOCK_M, BLOCK_N, warps, stages). Measured on an H200
+# (benchmarks/NOTES.md, v13): D128 beats the Triton forward by ~20 %; at D64 it did not, so D64 stays on
+# the Triton kernel unless SIGCELL_HOPPER_FWD_DIMS names it (benchmark A/B).
+_HOPPER_CONFIGS = {64: (64, 128, 4, 2), 128: (128, 64, 4, 2)}
+_HOPPER_DEFAULT_DIMS = "128"
+
+
+def _hopper_dims() -> set[int]:
+    """Head dims the Gluon forward takes; ``SIGCELL_HOPPER_FWD=0`` turns it off (benchmark A/B)."""
+    if os.environ.get("SIGCELL_HOPPER_FWD", "1") == "0":
+        return set()
+    names = os.environ.get("SIGCELL_HOPPER_FWD_DIMS", _HOPPER_DEFAULT_DIMS)
+    return {int(x) for x in names.split(",") if x.strip()} & set(_HOPPER_CONFIGS)
+
+
+@functools.cache
+def _is_hopper(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) == (9, 0)
+
+
+def _flat_rows_ok(t: torch.Tensor, varlen: bool) -> bool:
+    """Whether ``[B', rows, H, D]`` reads as a 2-D ``[B' * rows, H * D]`` TMA tensor: unit stride in D,
+    heads packed, sequences back to back, 16-byte aligned rows and base."""
+    b, rows, _, dim = t.shape
+    return (
+        t.stride(3) == 1
+        and t.stride(2) == dim
+        and (varlen or b == 1 or t.stride(0) == rows * t.stride(1))
+        and (t.stride(1) * t.element_size()) % 16 == 0
+        and t.data_ptr() % 16 == 0
+    )
+
+
+def _uses_hopper_forward(q, k, v, slopes, varlen, fast_sigmoid, n_bh) -> bool:
+    """The Gluon forward serves bf16 / fp16 on sm_90 with the fast sigmoid and no ALiBi; everything else
+    runs the portable Triton kernel."""
+    return (
+        q.is_cuda
+        and not _interpreting()
+        and q.shape[-1] in _hopper_dims()
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and fast_sigmoid
+        and slopes is None
+        and n_bh <= _MAX_GRID_Y
+        and _is_hopper(q.device.index if q.device.index is not None else torch.cuda.current_device())
+        and all(_flat_rows_ok(t, varlen) for t in (q, k, v))
+    )
+
+
+def _hopper_forward(
+    q, k, v, bias, key_bias, start_q, len_q, start_k, len_k, scale, causal, varlen, span, out
+):
+    """Launch the Gluon forward (hopper.py) into ``out``."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from sigcell.ops.sigmoid_attn.hopper import sigmoid_attn_fwd_hopper_kernel
+
+    n_seq, heads = bias.shape
+    dim = q.shape[-1]
+    block_m, block_n, warps, stages = _HOPPER_CONFIGS[dim]
+    element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+
+    def descriptor(t, rows):
+        layout = gl.NVMMASharedLayout.get_default_for([rows, dim], element)
+        shape = [t.shape[0] * t.shape[1], t.shape[2] * dim]
+        return TensorDescriptor(t, shape, [t.stride(1), 1], [rows, dim], layout)
+
+    sigmoid_attn_fwd_hopper_kernel[(_cdiv(span, block_m), n_seq * heads)](
+        descriptor(q, block_m),
+        descriptor(k, block_n),
+        descriptor(v, block_n),
+        out,
+        bias,
+        key_bias if key_bias is not None else bias,
+        start_q,
+        len_q,
+        start_k,
+        len_k,
+        0 if varlen else q.shape[1],
+        0 if varlen else k.shape[1],
+        out.stride(1),
+        *_key_bias_strides(key_bias, varlen),
+        0.5 * scale,
+        H=heads,
+        GROUP=heads // k.shape[2],
+        CAUSAL=causal,
+        HAS_KEY_BIAS=key_bias is not None,
+        STORE_ALL_ROWS=not varlen,
+        STAGES=stages,
+        num_warps=warps,
+    )
+    return out
+
+
 def _triton_forward(
     q,
     k,
@@ -276,6 +372,10 @@ def _triton_forward(
     if out.numel() == 0 or n_seq == 0:
         return out.zero_()
     span = max_seqlen_q if varlen else rows_q
+    if _uses_hopper_forward(q, k, v, slopes, varlen, fast_sigmoid, n_seq * heads):
+        return _hopper_forward(
+            q, k, v, bias, key_bias, start_q, len_q, start_k, len_k, scale, causal, varlen, span, out
+        )
     dummy = bias
 
     use_tma = _tma_enabled() and _tma_ok(k) and _tma_ok(v)

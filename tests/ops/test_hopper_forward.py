@@ -1,0 +1,60 @@
+"""The Gluon forward for Hopper (ops/sigmoid_attn/hopper.py) without a GPU: it compiles for sm_90a (ptxas
+included) with the asynchronous-wgmma schedule it exists for, and the dispatch sends it only what it
+supports. Its numbers are checked on an H100 / H200 in test_gpu.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton.experimental.gluon")
+
+from sigcell.ops.sigmoid_attn import interface
+
+
+@pytest.mark.parametrize(
+    ("dim", "dtype", "causal", "key_bias", "padded"),
+    [(128, "bf16", False, False, True), (128, "fp16", True, True, False), (64, "bf16", True, False, False)],
+)
+def test_compiles_for_sm90_with_overlapped_wgmma(dim, dtype, causal, key_bias, padded):
+    from sigcell.ops.sigmoid_attn.hopper import compile_sm90
+
+    kernel = compile_sm90(dim, dtype=dtype, causal=causal, key_bias=key_bias, padded=padded, group=2)
+    ptx = kernel.asm["ptx"]
+    # Q K^T is waited for with P V still in flight (one wgmma group outstanding) in both key loops.
+    assert ptx.count("wgmma.wait_group.sync.aligned 1;") == 2
+    assert "tanh.approx.f32" in ptx
+    assert "cp.async.bulk.tensor.2d" in ptx  # TMA loads
+    assert kernel.metadata.shared <= 227 * 1024  # fits an H100 / H200 SM
+
+
+def test_flat_rows_accepts_contiguous_and_fused_qkv_views():
+    contiguous = torch.zeros(2, 48, 4, 64, dtype=torch.bfloat16)
+    fused_qkv = torch.zeros(2, 48, 3, 4, 64, dtype=torch.bfloat16)[:, :, 1]
+    assert interface._flat_rows_ok(contiguous, varlen=False)
+    assert interface._flat_rows_ok(fused_qkv, varlen=False)
+
+
+def test_flat_rows_rejects_layouts_tma_cannot_read_as_rows():
+    heads_major = torch.zeros(2, 4, 48, 64, dtype=torch.bfloat16).transpose(1, 2)  # heads not packed
+    gapped = torch.zeros(2, 50, 4, 64, dtype=torch.bfloat16)[:, :48]  # sequences not back to back
+    odd_row = torch.zeros(2, 48, 4 * 64 + 4, dtype=torch.bfloat16)[..., :256].view(2, 48, 4, 64)
+    assert not interface._flat_rows_ok(heads_major, varlen=False)
+    assert not interface._flat_rows_ok(gapped, varlen=False)
+    assert interface._flat_rows_ok(gapped[:1], varlen=False)  # a single sequence has no batch stride
+    assert not interface._flat_rows_ok(odd_row, varlen=False)  # 520-byte rows: not 16-byte aligned
+
+
+def test_hopper_dims_switches(monkeypatch):
+    monkeypatch.delenv("SIGCELL_HOPPER_FWD", raising=False)
+    monkeypatch.delenv("SIGCELL_HOPPER_FWD_DIMS", raising=False)
+    assert interface._hopper_dims() == {128}
+    monkeypatch.setenv("SIGCELL_HOPPER_FWD_DIMS", "64,128,96")
+    assert interface._hopper_dims() == {64, 128}  # 96 has no configuration
+    monkeypatch.setenv("SIGCELL_HOPPER_FWD", "0")
+    assert interface._hopper_dims() == set()
+
+
+def test_cpu_tensors_never_take_the_hopper_path():
+    q = torch.zeros(1, 64, 2, 128, dtype=torch.bfloat16)
+    assert not interface._uses_hopper_forward(q, q, q, None, False, True, 2)
