@@ -5,11 +5,11 @@ that entry of ``sys.modules`` swaps the kernels (same launch configs, same host 
 interleaved (A B A B ...) so that clock and temperature drift hit both alike. Dense bf16, paper shapes
 (B = 16384 / L, H = 2048 / D), fwd and bwd TFLOPS as in ``sigcell bench kernels``.
 
-Usage: PYTHONPATH=src python3 benchmarks/ab_kernels.py [OLD_KERNELS.py] [--env-a VAR=VALUE,...]
-       [--env-b VAR=VALUE,...] [--d 64,128] [--l 1024,4096,16384] [--causal] [--rounds 3] [--out DIR]
+Usage: PYTHONPATH=src python3 benchmarks/ab_kernels.py [OLD_KERNELS.py] [--env-a VAR=VALUE ...]
+       [--env-b VAR=VALUE ...] [--d 64,128] [--l 1024,4096,16384] [--causal] [--rounds 3] [--out DIR]
 (OLD_KERNELS.py: e.g. ``git show HEAD~1:src/sigcell/ops/sigmoid_attn/kernels.py > old.py``; without it
 both versions use the current kernels and differ by their environment switches, e.g.
-``--env-b SIGCELL_BWD_TMA=1``: the interface reads those at call time.)
+``--env-a SIGCELL_HOPPER_FWD=0``: the interface reads those at call time.)
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ def load_module(path: str, name: str):
     return module
 
 
-def parse_env(text: str) -> dict[str, str]:
-    """``"A=1,B=0"`` -> ``{"A": "1", "B": "0"}``."""
-    pairs = [item.split("=", 1) for item in text.split(",") if item]
+def parse_env(items: list[str] | None) -> dict[str, str]:
+    """``["A=1", "B=64,128"]`` -> ``{"A": "1", "B": "64,128"}``."""
+    pairs = [item.split("=", 1) for item in items or []]
     bad = [item for item in pairs if len(item) != 2 or not item[0]]
     if bad:
-        raise SystemExit(f"--env-a / --env-b take VAR=VALUE[,VAR=VALUE...], got {text!r}")
+        raise SystemExit(f"--env-a / --env-b take VAR=VALUE (repeat the flag for more), got {items!r}")
     return dict(pairs)
 
 
@@ -92,8 +92,8 @@ def time_shape(versions: dict, envs: dict, d: int, L: int, causal: bool, rounds:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("old", nargs="?", help="the other kernels.py (version A; default: the current one)")
-    ap.add_argument("--env-a", default="", help="environment switches while version A runs: VAR=VALUE,...")
-    ap.add_argument("--env-b", default="", help="environment switches while version B runs: VAR=VALUE,...")
+    ap.add_argument("--env-a", action="append", help="environment switch while version A runs: VAR=VALUE")
+    ap.add_argument("--env-b", action="append", help="environment switch while version B runs: VAR=VALUE")
     ap.add_argument("--d", default="64,128")
     ap.add_argument("--l", default="1024,4096,16384")
     ap.add_argument("--causal", action="store_true")
