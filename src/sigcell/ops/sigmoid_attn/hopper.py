@@ -4,7 +4,7 @@ Why a second forward: Triton 3.6's ``tl.dot`` waits for every wgmma right after 
 (``wgmma.wait_group 0``), so a warpgroup's tanh (one MUFU op per score) never overlaps its own matmuls.
 Here the wgmmas are asynchronous: key block j's ``Q K^T`` is issued, then block j-1's ``P V``; the
 kernel waits for ``Q K^T`` alone and computes block j's sigmoid while the tensor cores still run
-``P V`` (benchmarks/NOTES.md, v13: D128 forward 543 -> 690 TFLOPS on an H200).
+``P V`` (benchmarks/NOTES.md, v13: D128 forward 549 -> 631 TFLOPS at L4k on an H200).
 
 Scope: bfloat16 / float16, head dims 64 and 128, the fast (tanh.approx) sigmoid, optional per-key bias,
 causal or not, padded or packed sequences, GQA. ALiBi, float32, other head dims and the accurate
