@@ -101,8 +101,10 @@ def probe_forward(q, k, v, bias, cfg, pipelined, poison=False):
     return out
 
 
-def time_shape(D: int, L: int, configs: list[tuple[int, ...]]) -> list[dict]:
-    """TFLOPS of sigcell, cuDNN and every probe variant at one paper shape (B = 16384 / L, H = 2048 / D)."""
+def time_shape(D: int, L: int, variants: list[tuple[str, object]]) -> list[dict]:
+    """TFLOPS of sigcell, cuDNN and every probe variant at one paper shape (B = 16384 / L, H = 2048 / D).
+    ``variants``: (name, forward) with ``forward(q, k, v, bias, poison) -> out``; each output (NaN-filled
+    first) is checked against sigcell's before it is timed."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from sigcell import sigmoid_attn_func
@@ -125,40 +127,57 @@ def time_shape(D: int, L: int, configs: list[tuple[int, ...]]) -> list[dict]:
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
         record("sdpa-cudnn (softmax)", lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))
-    for cfg in configs:
-        for pipelined in (False, True):
-            name = f"probe {'pipelined' if pipelined else 'plain'} {'x'.join(map(str, cfg))}"
-            try:
-                out = probe_forward(q, k, v, bias, cfg, pipelined, poison=True)
-                torch.cuda.synchronize()
-            except Exception as exc:  # a config that does not compile is a result too
-                print(f"D{D} L{L} {name}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-                rows.append(dict(D=D, L=L, provider=name, error=str(exc)[:500]))
-                continue
-            err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
-            record(name, lambda cfg=cfg, p=pipelined: probe_forward(q, k, v, bias, cfg, p), max_rel_err=err)
+    for name, forward in variants:
+        try:
+            out = forward(q, k, v, bias, True)
+            torch.cuda.synchronize()
+        except Exception as exc:  # a config that does not compile is a result too
+            print(f"D{D} L{L} {name}: failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+            rows.append(dict(D=D, L=L, provider=name, error=str(exc)[:1000]))
+            continue
+        err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+        record(name, lambda forward=forward: forward(q, k, v, bias, False), max_rel_err=err)
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def probe_main(prefix: str, description: str, default_configs: str, make_variants) -> None:
+    """Command line of a probe: ``make_variants(configs)`` -> ``time_shape`` variants; writes
+    ``<prefix>-<time>.json`` under --out."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--d", default="64,128")
     ap.add_argument("--l", default="4096,16384")
-    ap.add_argument("--configs", default="128,64,4,2;128,64,4,3;64,64,4,3;128,128,8,2;128,64,8,3")
+    ap.add_argument("--configs", default=default_configs, help="BLOCK_M,BLOCK_N,warps,stages;...")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     args = ap.parse_args()
-    configs = [tuple(map(int, c.split(","))) for c in args.configs.split(";") if c]
+    variants = make_variants([tuple(map(int, c.split(","))) for c in args.configs.split(";") if c])
     rows = []
     for D in map(int, args.d.split(",")):
         for L in map(int, args.l.split(",")):
-            rows += time_shape(D, L, configs)
+            rows += time_shape(D, L, variants)
             torch.cuda.empty_cache()
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"probe_fwd-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json")
+    path = os.path.join(args.out, f"{prefix}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json")
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
     with open(path, "w") as fh:
         json.dump(dict(meta, dtype="bf16", rows=rows), fh, indent=1)
     print("wrote", path)
+
+
+def main() -> None:
+    def variants(configs):
+        return [
+            (
+                f"probe {'pipelined' if pipelined else 'plain'} {'x'.join(map(str, cfg))}",
+                lambda q, k, v, bias, poison, cfg=cfg, pipelined=pipelined: probe_forward(
+                    q, k, v, bias, cfg, pipelined, poison
+                ),
+            )
+            for cfg in configs
+            for pipelined in (False, True)
+        ]
+
+    configs = "128,64,4,2;128,64,4,3;64,64,4,3;128,128,8,2;128,64,8,3"
+    probe_main("probe_fwd", __doc__.split("\n\n")[0], configs, variants)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,9 @@ Usage: PYTHONPATH=src python3 benchmarks/probe_gluon_fwd.py [--d 64,128] [--l 40
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
-import time
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -178,64 +173,20 @@ def gluon_forward(q, k, v, bias, cfg, poison=False):
     return out
 
 
-def time_shape(D: int, L: int, configs: list[tuple[int, ...]]) -> list[dict]:
-    """TFLOPS of sigcell, cuDNN and each Gluon config at one paper shape (B = 16384 / L, H = 2048 / D)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from sigcell import sigmoid_attn_func
-
-    B, H = max(1, 16384 // L), 2048 // D
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(B, L, H, D, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
-    bias = -math.log(L)
-    flops = 4 * B * H * L * L * D
-    ref = sigmoid_attn_func(q, k, v, bias=bias).float()
-    rows = []
-
-    def record(name, fn, **extra):
-        ms = triton.testing.do_bench(fn, warmup=25, rep=200)
-        row = dict(D=D, L=L, B=B, H=H, provider=name, ms=ms, tflops=flops / ms * 1e-9, **extra)
-        rows.append(row)
-        print(f"D{D} L{L} {name:34s} {row['tflops']:6.1f} TFLOPS {extra or ''}", flush=True)
-
-    record("sigcell-dense", lambda: sigmoid_attn_func(q, k, v, bias=bias))
-    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        record("sdpa-cudnn (softmax)", lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))
-    for cfg in configs:
-        name = f"gluon {'x'.join(map(str, cfg))}"
-        try:
-            out = gluon_forward(q, k, v, bias, cfg, poison=True)
-            torch.cuda.synchronize()
-        except Exception as exc:  # a config that does not compile is a result too
-            print(f"D{D} L{L} {name}: failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
-            rows.append(dict(D=D, L=L, provider=name, error=str(exc)[:1000]))
-            continue
-        err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
-        record(name, lambda cfg=cfg: gluon_forward(q, k, v, bias, cfg), max_rel_err=err)
-    return rows
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--d", default="64,128")
-    ap.add_argument("--l", default="4096,16384")
+    from probe_fwd import probe_main  # benchmarks/ is on sys.path when this file runs as a script
+
+    def variants(configs):
+        return [
+            (
+                f"gluon {'x'.join(map(str, cfg))}",
+                lambda q, k, v, bias, poison, cfg=cfg: gluon_forward(q, k, v, bias, cfg, poison),
+            )
+            for cfg in configs
+        ]
+
     configs = "64,64,4,2;64,64,4,3;128,64,8,2;128,64,8,3;128,128,8,2;64,128,4,2;128,64,4,2"
-    ap.add_argument("--configs", default=configs, help="BLOCK_M,BLOCK_N,warps,stages;...")
-    ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
-    args = ap.parse_args()
-    configs = [tuple(map(int, c.split(","))) for c in args.configs.split(";") if c]
-    rows = []
-    for D in map(int, args.d.split(",")):
-        for L in map(int, args.l.split(",")):
-            rows += time_shape(D, L, configs)
-            torch.cuda.empty_cache()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"probe_gluon_fwd-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json")
-    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
-    with open(path, "w") as fh:
-        json.dump(dict(meta, dtype="bf16", rows=rows), fh, indent=1)
-    print("wrote", path)
+    probe_main("probe_gluon_fwd", __doc__.split("\n\n")[0], configs, variants)
 
 
 if __name__ == "__main__":

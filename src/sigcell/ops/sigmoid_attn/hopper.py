@@ -250,41 +250,24 @@ def sigmoid_attn_fwd_hopper_kernel(
         mbarrier.wait(bars.index(0), 0)
         s_tok = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         s = warpgroup_mma_wait(0, deps=(s_tok,))
-        o_n = gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
-        if n_full > 0:
-            p = _p_block(
-                s,
-                o_m,
-                o_n,
-                scale_half,
-                bias_half,
-                kb_base,
-                stride_kbt,
-                len_k,
-                shift,
-                HAS_KEY_BIAS,
-                False,
-                CAUSAL,
-                dtype,
-                p_layout,
-            )
-        else:
-            p = _p_block(
-                s,
-                o_m,
-                o_n,
-                scale_half,
-                bias_half,
-                kb_base,
-                stride_kbt,
-                len_k,
-                shift,
-                HAS_KEY_BIAS,
-                True,
-                CAUSAL,
-                dtype,
-                p_layout,
-            )
+        # Block 0 always takes the masked path: for an unmasked block the mask keeps every score, and
+        # one masked block per program costs nothing measurable.
+        p = _p_block(
+            s,
+            o_m,
+            gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout)),
+            scale_half,
+            bias_half,
+            kb_base,
+            stride_kbt,
+            len_k,
+            shift,
+            HAS_KEY_BIAS,
+            True,
+            CAUSAL,
+            dtype,
+            p_layout,
+        )
         for j in range(1, n_full):
             p, acc = _step(
                 j,
