@@ -2,7 +2,9 @@
 B = 16384 / L, H = 2048 / D) and print the best per head dim. Results go to JSON.
 
 Usage: PYTHONPATH=src python3 benchmarks/sweep_configs.py [--out DIR] [--dims 64,128,256] [--L 4096]
-       [--kinds fwd,dkdv,dq,fused]   (fused: the opt-in fused backward, timed with SIGCELL_FUSED_BWD=1)
+       [--kinds fwd,dkdv,dq,fused,hopper_dkdv,hopper_dq]   (fused: the opt-in fused backward, timed with
+       SIGCELL_FUSED_BWD=1; hopper_*: the Gluon backward kernels on sm_90, timed with the other backward
+       kernel in Triton; dkdv / dq time the Triton kernels with the Gluon backward off)
        [--causal] [--configs 'M,N,W,S;...'] [--rounds R]   (R interleaved passes; medians kept)
 """
 
@@ -55,6 +57,16 @@ CANDIDATES = {
         (128, 64, 8, 2),
         (64, 128, 8, 2),
         (64, 32, 4, 2),
+    ],
+    # Gluon backward (hopper_bwd.py); ptxas (sm_90a, no GPU) at D128: dK/dV 128 x 128 spills 1.4 KB.
+    "hopper_dkdv": [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (32, 128, 8, 3)],
+    "hopper_dq": [
+        (128, 64, 8, 2),
+        (128, 64, 8, 3),
+        (64, 64, 4, 2),
+        (64, 64, 4, 3),
+        (128, 128, 8, 2),
+        (128, 32, 8, 3),
     ],
 }
 
@@ -121,6 +133,9 @@ def main():
         for kind in kinds:
             # The fused kernel replaces dK/dV + dQ only while this switch is set (interface._triton_backward).
             os.environ["SIGCELL_FUSED_BWD"] = "1" if kind == "fused" else "0"
+            # Each Gluon kernel is timed next to the other kernel in Triton; Triton kinds without Gluon.
+            os.environ["SIGCELL_HOPPER_BWD"] = "1" if kind.startswith("hopper_") else "0"
+            os.environ["SIGCELL_HOPPER_BWD_KERNELS"] = kind.removeprefix("hopper_")
             candidates = parse_configs(args.configs) if args.configs else candidates_for(kind, d)
             times = {cfg: [] for cfg in candidates}
             for _ in range(args.rounds):
@@ -157,7 +172,8 @@ def main():
                 best[(d, kind)] = cfg
                 interface.set_config_override(kind, cfg)  # later kinds are timed with the best so far
                 print(f"== D{d} {kind} best {cfg} {ms:.3f} ms", flush=True)
-        os.environ.pop("SIGCELL_FUSED_BWD", None)
+        for name in ("SIGCELL_FUSED_BWD", "SIGCELL_HOPPER_BWD", "SIGCELL_HOPPER_BWD_KERNELS"):
+            os.environ.pop(name, None)
         for kind in kinds:
             interface.set_config_override(kind, None)
         torch.cuda.empty_cache()

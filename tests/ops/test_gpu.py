@@ -30,6 +30,7 @@ GRID = list(itertools.product(DTYPES, [False, True], ["padded", "varlen"], [(8, 
 def test_kernels_match_reference(dtype, causal, layout, heads, dim, monkeypatch):
     """The portable Triton kernels (the Hopper forward has its own grid below)."""
     monkeypatch.setenv("SIGCELL_HOPPER_FWD", "0")
+    monkeypatch.setenv("SIGCELL_HOPPER_BWD", "0")
     index = GRID.index((dtype, causal, layout, heads, dim))
     case = grid_case(
         5000, index, causal, layout, heads, dim, batch=4, lq=1000 if causal else 1031,
@@ -38,21 +39,28 @@ def test_kernels_match_reference(dtype, causal, layout, heads, dim, monkeypatch)
     _check(case, DTYPES[dtype])
 
 
-def _hopper_calls(monkeypatch) -> list:
-    """Route D64 and D128 to the Gluon forward and record its launches (skips off sm_90)."""
+def _hopper_calls(monkeypatch) -> dict[str, list]:
+    """Route D64 and D128 to the Gluon forward and backward and record their launches (skips off
+    sm_90): kernel name -> shapes of q it ran on."""
     if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the Gluon forward needs an sm_90 GPU (H100 / H200)")
-    monkeypatch.delenv("SIGCELL_HOPPER_FWD", raising=False)
+        pytest.skip("the Gluon kernels need an sm_90 GPU (H100 / H200)")
+    for name in ("HOPPER_FWD", "HOPPER_BWD", "HOPPER_BWD_KERNELS", "FUSED_BWD"):
+        monkeypatch.delenv(f"SIGCELL_{name}", raising=False)
     monkeypatch.setenv("SIGCELL_HOPPER_FWD_DIMS", "64,128")
-    calls = []
-    launch = interface._hopper_forward
+    calls = {"forward": [], "dkdv": [], "dq": []}
+    for kernel in calls:
+        launch = getattr(interface, f"_hopper_{kernel}")
 
-    def spy(*args, **kwargs):
-        calls.append(args[0].shape)
-        return launch(*args, **kwargs)
+        def spy(*args, _launch=launch, _calls=calls[kernel], **kwargs):
+            _calls.append(args[0].shape)
+            return _launch(*args, **kwargs)
 
-    monkeypatch.setattr(interface, "_hopper_forward", spy)
+        monkeypatch.setattr(interface, f"_hopper_{kernel}", spy)
     return calls
+
+
+def _all_ran(calls: dict[str, list]) -> bool:
+    return all(calls.values())
 
 
 HOPPER_GRID = list(
@@ -72,7 +80,7 @@ def test_hopper_forward_matches_reference(dtype, causal, layout, heads, dim, key
         bias_mode=("none", "float", "tensor")[index % 3], device="cuda",
     )
     _check(case, DTYPES[dtype])
-    assert calls, "the Gluon forward did not run"
+    assert _all_ran(calls), f"a Gluon kernel did not run: {calls}"
 
 
 @pytest.mark.parametrize("layout", ["padded", "varlen"])
@@ -87,26 +95,32 @@ def test_hopper_forward_edges(layout, causal, key_bias, monkeypatch):
         device="cuda",
     )
     _check(case, torch.bfloat16)
-    assert calls, "the Gluon forward did not run"
+    assert _all_ran(calls), f"a Gluon kernel did not run: {calls}"
 
 
-def test_hopper_forward_ignores_nan_padding(monkeypatch):
-    """NaN in the padding rows of q / k / v changes nothing (the kernel reads padding past each sequence
-    through TMA, masks its scores and zeroes those V rows)."""
+@pytest.mark.parametrize("causal", [False, True])
+def test_hopper_kernels_ignore_nan_padding(causal, monkeypatch):
+    """NaN in the padding rows of q / k / v / dout changes nothing, forward or backward (the kernels read
+    padding past each sequence through TMA, mask its scores and zero those operand rows)."""
     calls = _hopper_calls(monkeypatch)
-    gen = torch.Generator(device="cuda").manual_seed(8200)
+    gen = torch.Generator(device="cuda").manual_seed(8200 + causal)
     lens = torch.tensor([333, 200, 1, 64], dtype=torch.int32, device="cuda")
-    q, k, v = (torch.randn(4, 333, 4, 128, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+    q, k, v, dout = (
+        torch.randn(4, 333, 4, 128, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(4)
+    )
     padding = torch.arange(333, device="cuda")[None, :] >= lens[:, None]
 
     def attend(fill):
-        filled = [t.masked_fill(padding[:, :, None, None], fill) for t in (q, k, v)]
-        return interface.sigmoid_attn_func(*filled, seq_lens_q=lens, seq_lens_k=lens)
+        filled = [t.masked_fill(padding[:, :, None, None], fill).requires_grad_() for t in (q, k, v)]
+        out = interface.sigmoid_attn_func(*filled, seq_lens_q=lens, seq_lens_k=lens, causal=causal)
+        out.backward(dout.masked_fill(padding[:, :, None, None], fill))
+        return [out.detach()] + [t.grad for t in filled]
 
     clean, dirty = attend(0.0), attend(float("nan"))
-    assert torch.equal(clean, dirty)
-    assert (clean[padding] == 0).all()
-    assert len(calls) == 2
+    for name, a, b in zip(("out", "dq", "dk", "dv"), clean, dirty, strict=True):
+        assert torch.equal(a, b), name
+        assert (a[padding] == 0).all(), name
+    assert [len(c) for c in calls.values()] == [2, 2, 2]
 
 
 FUSED_GRID = list(itertools.product(DTYPES, [False, True], ["padded", "varlen"], [(8, 2)], [64, 128]))

@@ -142,30 +142,6 @@ def test_forward_with_tma_descriptors(layout, causal, dim, monkeypatch):
     assert built, "the forward did not take the descriptor path"
 
 
-@pytest.mark.parametrize(("layout", "causal", "dim"), [("padded", False, 40), ("varlen", True, 16),
-                                                       ("padded", True, 16), ("varlen", False, 40)])
-def test_backward_with_tma_descriptors(layout, causal, dim, backward, monkeypatch):
-    """SIGCELL_BWD_TMA=1: Q / dO (dK/dV kernel) and K / V (dQ kernel) through tensor descriptors; rows past
-    a sequence must not leak in and columns past D read as zero, for the split and the fused backward."""
-    monkeypatch.setenv("SIGCELL_BWD_TMA", "1")
-    monkeypatch.setenv("SIGCELL_FWD_TMA", "0")  # every descriptor below comes from the backward
-    built = []
-    real = interface._row_block_descriptor
-    def recording(t, rows, cfg):
-        built.append(tuple(t.shape))
-        return real(t, rows, cfg)
-
-    monkeypatch.setattr(interface, "_row_block_descriptor", recording)
-    case = make_case(3700 + dim + causal, layout=layout, heads=4, kv_heads=2, dim=dim, lq=29, lk=37,
-                     causal=causal, key_bias=True, lens_q=[29, 3, 17], lens_k=[37, 1, 20])
-    _check(case, torch.bfloat16)
-    q_shape = (1, *case.q.shape) if layout == "varlen" else tuple(case.q.shape)
-    k_shape = (1, *case.k.shape) if layout == "varlen" else tuple(case.k.shape)
-    assert built.count(q_shape) >= 2, "dK/dV did not load Q and dO through descriptors"
-    if backward == "split":
-        assert built.count(k_shape) >= 2, "dQ did not load K and V through descriptors"
-
-
 def test_tma_needs_aligned_strides():
     x = torch.zeros(2, 8, 3, 16, dtype=torch.float16)
     assert interface._tma_ok(x)

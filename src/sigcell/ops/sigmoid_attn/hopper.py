@@ -343,6 +343,30 @@ def sigmoid_attn_fwd_hopper_kernel(
     gl.store(p_out, out, mask=(o_mo < store_rows)[:, None])
 
 
+def compile_for_sm90(
+    kernel, blocks: dict[str, int], args: dict[str, str], constants: dict, dim: int, dtype: str
+):
+    """Compile a Gluon kernel of this package for sm_90a without a GPU (``triton.compile``; ptxas
+    included). ``blocks``: descriptor argument -> block rows (``[rows, dim]`` tiles of ``dtype``);
+    ``args``: other arguments -> Triton signature types (``"*dt"`` is a pointer of ``dtype``)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    element = {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype]
+
+    def desc(rows):
+        layout = gl.NVMMASharedLayout.get_default_for([rows, dim], element)
+        return f"tensordesc<{dtype}[{rows},{dim}],{layout!r}>"
+
+    signature = {name: desc(rows) for name, rows in blocks.items()}
+    signature.update({name: kind.replace("dt", dtype) for name, kind in args.items()})
+    signature.update(dict.fromkeys(constants, "constexpr"))
+    source = GluonASTSource(kernel, signature, constants)
+    target = GPUTarget("cuda", 90, 128)
+    return triton.compile(source, target=target, options={"num_warps": constants["num_warps"]})
+
+
 def compile_sm90(
     dim: int,
     *,
@@ -353,27 +377,14 @@ def compile_sm90(
     heads: int = 8,
     group: int = 1,
 ):
-    """Compile the kernel for sm_90a without a GPU (``triton.compile``; ptxas included) with the launch
+    """The forward compiled for sm_90a without a GPU (:func:`compile_for_sm90`) with the launch
     configuration the interface uses for ``dim``; returns the compiled kernel (``.asm["ptx"]``,
     ``.metadata``). For tests and for inspecting the PTX on a machine without a Hopper GPU."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
     from sigcell.ops.sigmoid_attn.interface import _HOPPER_CONFIGS
 
     block_m, block_n, warps, stages = _HOPPER_CONFIGS[dim]
-    element = {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype]
-
-    def desc(rows):
-        layout = gl.NVMMASharedLayout.get_default_for([rows, dim], element)
-        return f"tensordesc<{dtype}[{rows},{dim}],{layout!r}>"
-
-    signature = {
-        "q_desc": desc(block_m),
-        "k_desc": desc(block_n),
-        "v_desc": desc(block_n),
-        "O": f"*{dtype}",
+    args = {
+        "O": "*dt",
         **dict.fromkeys(("BIAS", "KEY_BIAS"), "*fp32"),
         **dict.fromkeys(("START_Q", "LEN_Q", "START_K", "LEN_K"), "*i32"),
         **dict.fromkeys(("rows_q", "rows_k", "stride_ot", "stride_kbb", "stride_kbt"), "i32"),
@@ -388,6 +399,5 @@ def compile_sm90(
         "STAGES": stages,
         "num_warps": warps,
     }
-    signature.update(dict.fromkeys(constants, "constexpr"))
-    source = GluonASTSource(sigmoid_attn_fwd_hopper_kernel, signature, constants)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 128), options={"num_warps": warps})
+    blocks = {"q_desc": block_m, "k_desc": block_n, "v_desc": block_n}
+    return compile_for_sm90(sigmoid_attn_fwd_hopper_kernel, blocks, args, constants, dim, dtype)

@@ -228,12 +228,6 @@ def _kv_descriptor(t: torch.Tensor, cfg: dict[str, int]):
     return _row_block_descriptor(t, cfg["BLOCK_N"], cfg)
 
 
-def _bwd_tma_enabled() -> bool:
-    """Backward loads through TMA descriptors: opt-in with ``SIGCELL_BWD_TMA=1`` until measured on a GPU
-    (benchmarks/NOTES.md, v11)."""
-    return os.environ.get("SIGCELL_BWD_TMA", "0") == "1"
-
-
 def _fused_tma_dq_enabled() -> bool:
     """dQ of the opt-in fused backward through TMA bulk reduce-adds; ``SIGCELL_FUSED_TMA_DQ=0`` keeps the
     per-element float32 atomics (benchmark A/B)."""
@@ -257,6 +251,14 @@ def _key_bias_strides(key_bias: torch.Tensor | None, varlen: bool) -> tuple[int,
 # the Triton kernel unless SIGCELL_HOPPER_FWD_DIMS names it (benchmark A/B).
 _HOPPER_CONFIGS = {64: (64, 128, 4, 2), 128: (128, 64, 4, 2)}
 _HOPPER_DEFAULT_DIMS = "128"
+# Hopper backward (hopper_bwd.py): kernel -> head dim -> (BLOCK_M, BLOCK_N, warps, stages). dK / dV
+# programs own BLOCK_N keys (one warpgroup per 64 of them) and stream BLOCK_M queries; dQ programs own
+# BLOCK_M queries and stream BLOCK_N keys.
+# Chosen by benchmarks/sweep_configs.py --kinds hopper_dkdv,hopper_dq at L4k on an H200 (NOTES.md, v14).
+_HOPPER_BWD_CONFIGS = {
+    "dkdv": {64: (64, 64, 4, 2), 128: (64, 64, 4, 2)},
+    "dq": {64: (64, 64, 4, 3), 128: (128, 64, 8, 3)},
+}
 
 
 def _hopper_dims() -> set[int]:
@@ -285,45 +287,64 @@ def _flat_rows_ok(t: torch.Tensor, varlen: bool) -> bool:
     )
 
 
-def _uses_hopper_forward(q, k, v, slopes, varlen, fast_sigmoid, n_bh) -> bool:
-    """The Gluon forward serves bf16 / fp16 on sm_90 with the fast sigmoid and no ALiBi; everything else
-    runs the portable Triton kernel."""
+def _hopper_eligible(q, slopes, fast_sigmoid, n_bh, tensors, varlen) -> bool:
+    """What the Gluon kernels (hopper.py, hopper_bwd.py) need: bf16 / fp16 on an sm_90 GPU with the fast
+    sigmoid, no ALiBi, a grid within CUDA's y limit and tensors that read as 2-D rows."""
     return (
         q.is_cuda
         and not _interpreting()
-        and q.shape[-1] in _hopper_dims()
         and q.dtype in (torch.bfloat16, torch.float16)
         and fast_sigmoid
         and slopes is None
         and n_bh <= _MAX_GRID_Y
         and _is_hopper(q.device.index if q.device.index is not None else torch.cuda.current_device())
-        and all(_flat_rows_ok(t, varlen) for t in (q, k, v))
+        and all(_flat_rows_ok(t, varlen) for t in tensors)
     )
+
+
+def _uses_hopper_forward(q, k, v, slopes, varlen, fast_sigmoid, n_bh) -> bool:
+    """The Gluon forward serves the head dims of ``_hopper_dims``; everything else runs the portable
+    Triton kernel."""
+    return q.shape[-1] in _hopper_dims() and _hopper_eligible(
+        q, slopes, fast_sigmoid, n_bh, (q, k, v), varlen
+    )
+
+
+def _hopper_bwd_kernels(q, k, v, dout, slopes, varlen, fast_sigmoid, n_bh) -> set[str]:
+    """Backward kernels ("dkdv", "dq") that run in Gluon; the others run in Triton.
+    ``SIGCELL_HOPPER_BWD=0`` turns both off, ``SIGCELL_HOPPER_BWD_KERNELS=dkdv`` keeps one (benchmark A/B)."""
+    if os.environ.get("SIGCELL_HOPPER_BWD", "1") == "0" or q.shape[-1] not in _HOPPER_BWD_CONFIGS["dkdv"]:
+        return set()
+    if not _hopper_eligible(q, slopes, fast_sigmoid, n_bh, (q, k, v, dout), varlen):
+        return set()
+    names = os.environ.get("SIGCELL_HOPPER_BWD_KERNELS", "dkdv,dq")
+    return {x.strip() for x in names.split(",")} & {"dkdv", "dq"}
+
+
+def _flat_descriptor(t: torch.Tensor, rows: int):
+    """TMA descriptor of ``[B', rows', H, D]`` read as ``[B' * rows', H * D]`` in ``[rows, D]`` blocks."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    dim = t.shape[-1]
+    element = gl.bfloat16 if t.dtype == torch.bfloat16 else gl.float16
+    layout = gl.NVMMASharedLayout.get_default_for([rows, dim], element)
+    shape = [t.shape[0] * t.shape[1], t.shape[2] * dim]
+    return TensorDescriptor(t, shape, [t.stride(1), 1], [rows, dim], layout)
 
 
 def _hopper_forward(
     q, k, v, bias, key_bias, start_q, len_q, start_k, len_k, scale, causal, varlen, span, out
 ):
     """Launch the Gluon forward (hopper.py) into ``out``."""
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
     from sigcell.ops.sigmoid_attn.hopper import sigmoid_attn_fwd_hopper_kernel
 
     n_seq, heads = bias.shape
-    dim = q.shape[-1]
-    block_m, block_n, warps, stages = _HOPPER_CONFIGS[dim]
-    element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-
-    def descriptor(t, rows):
-        layout = gl.NVMMASharedLayout.get_default_for([rows, dim], element)
-        shape = [t.shape[0] * t.shape[1], t.shape[2] * dim]
-        return TensorDescriptor(t, shape, [t.stride(1), 1], [rows, dim], layout)
-
+    block_m, block_n, warps, stages = _HOPPER_CONFIGS[q.shape[-1]]
     sigmoid_attn_fwd_hopper_kernel[(_cdiv(span, block_m), n_seq * heads)](
-        descriptor(q, block_m),
-        descriptor(k, block_n),
-        descriptor(v, block_n),
+        _flat_descriptor(q, block_m),
+        _flat_descriptor(k, block_n),
+        _flat_descriptor(v, block_n),
         out,
         bias,
         key_bias if key_bias is not None else bias,
@@ -345,6 +366,85 @@ def _hopper_forward(
         num_warps=warps,
     )
     return out
+
+
+def _hopper_bwd_config(kind: str, dim: int) -> tuple[int, int, int, int]:
+    """Launch config of a Gluon backward kernel; ``set_config_override("hopper_" + kind, ...)`` (sweeps)."""
+    return _config_override.get(f"hopper_{kind}") or _HOPPER_BWD_CONFIGS[kind][dim]
+
+
+def _hopper_dkdv(q, k, v, dout, dk, dv, dkb_part, bias, key_bias, lengths, scale, causal, varlen, span_k):
+    """Launch the Gluon dK / dV kernel (hopper_bwd.py) into ``dk``, ``dv`` and ``dkb_part``."""
+    from sigcell.ops.sigmoid_attn.hopper_bwd import sigmoid_attn_bwd_dkdv_hopper_kernel
+
+    n_seq, heads = bias.shape
+    kv_heads = k.shape[2]
+    block_m, block_n, warps, stages = _hopper_bwd_config("dkdv", q.shape[-1])
+    assert dk.stride(1) == dv.stride(1)
+    dkb_strides = (0, 0, 0)
+    if dkb_part is not None:
+        dkb_strides = (dkb_part.stride(0), 0 if varlen else dkb_part.stride(1), dkb_part.stride(-1))
+    sigmoid_attn_bwd_dkdv_hopper_kernel[(_cdiv(max(span_k, 1), block_n), n_seq * kv_heads)](
+        _flat_descriptor(q, block_m),
+        _flat_descriptor(dout, block_m),
+        _flat_descriptor(k, block_n),
+        _flat_descriptor(v, block_n),
+        dk,
+        dv,
+        dkb_part if dkb_part is not None else bias,
+        bias,
+        key_bias if key_bias is not None else bias,
+        *lengths,
+        0 if varlen else q.shape[1],
+        0 if varlen else k.shape[1],
+        dk.stride(1),
+        *_key_bias_strides(key_bias, varlen),
+        *dkb_strides,
+        scale,
+        H=heads,
+        GROUP=heads // kv_heads,
+        CAUSAL=causal,
+        HAS_KEY_BIAS=key_bias is not None,
+        STORE_ALL_ROWS=not varlen,
+        STAGES=stages,
+        num_warps=warps,
+    )
+
+
+def _hopper_dq(q, k, v, dout, dq, bias, key_bias, lengths, scale, causal, varlen, span_q) -> torch.Tensor:
+    """Launch the Gluon dQ kernel (hopper_bwd.py) into ``dq``; returns the per-(sequence x head, query
+    block) sums of dS (for d bias)."""
+    from sigcell.ops.sigmoid_attn.hopper_bwd import sigmoid_attn_bwd_dq_hopper_kernel
+
+    n_seq, heads = bias.shape
+    block_m, block_n, warps, stages = _hopper_bwd_config("dq", q.shape[-1])
+    num_m = _cdiv(max(span_q, 1), block_m)
+    dbias_part = torch.zeros(n_seq * heads, num_m, dtype=torch.float32, device=q.device)
+    sigmoid_attn_bwd_dq_hopper_kernel[(num_m, n_seq * heads)](
+        _flat_descriptor(q, block_m),
+        _flat_descriptor(dout, block_m),
+        _flat_descriptor(k, block_n),
+        _flat_descriptor(v, block_n),
+        dq,
+        dbias_part,
+        bias,
+        key_bias if key_bias is not None else bias,
+        *lengths,
+        0 if varlen else q.shape[1],
+        0 if varlen else k.shape[1],
+        dq.stride(1),
+        *_key_bias_strides(key_bias, varlen),
+        num_m,
+        scale,
+        H=heads,
+        GROUP=heads // k.shape[2],
+        CAUSAL=causal,
+        HAS_KEY_BIAS=key_bias is not None,
+        STORE_ALL_ROWS=not varlen,
+        STAGES=stages,
+        num_warps=warps,
+    )
+    return dbias_part
 
 
 def _triton_forward(
@@ -465,10 +565,6 @@ def _triton_backward(
         kb = key_bias if key_bias is not None else dummy
         sl = slopes if slopes is not None else dummy
         kb_strides = _key_bias_strides(key_bias, varlen)
-        # Opt-in (SIGCELL_BWD_TMA=1, not yet measured): Q / dO blocks of dK/dV and K / V blocks of dQ
-        # through TMA tensor descriptors, as the forward's K / V.
-        tma_q = _bwd_tma_enabled() and _tma_ok(q) and _tma_ok(dout)
-        tma_kv = _bwd_tma_enabled() and _tma_ok(k) and _tma_ok(v)
         dkb_strides = (
             (0, 0, 0)
             if dkb_part is None
@@ -494,7 +590,6 @@ def _triton_backward(
                 dout,
                 dq_acc if fused else dummy,
                 _row_block_descriptor(dq_acc, cfg["BLOCK_M"], cfg) if tma_dq else dummy,
-                *((_row_block_descriptor(t, cfg["BLOCK_M"], cfg) for t in (q, dout)) if tma_q else (q, dout)),
                 dk,
                 dv,
                 dkb_part if dkb_part is not None else dummy,
@@ -525,7 +620,6 @@ def _triton_backward(
                 BLOCK_FAST=block_fast,
                 FUSED=fused,
                 TMA_DQ=tma_dq,
-                USE_TMA=tma_q,
                 **cfg,
             )
 
@@ -538,7 +632,6 @@ def _triton_backward(
                 q,
                 k,
                 v,
-                *((_kv_descriptor(t, cfg) for t in (k, v)) if tma_kv else (k, v)),
                 dout,
                 dq,
                 dbias_part,
@@ -562,17 +655,28 @@ def _triton_backward(
                 heads // kv_heads,
                 **flags,
                 BLOCK_FAST=block_fast,
-                USE_TMA=tma_kv,
                 **cfg,
             )
 
         dq_acc = None
+        lengths = (start_q, len_q, start_k, len_k)
+        hopper = _hopper_bwd_kernels(q, k, v, dout, slopes, varlen, fast_sigmoid, n_seq * heads)
         if os.environ.get("SIGCELL_FUSED_BWD") == "1":
             _launch("fused", q, lambda cfg: launch_dkdv(cfg, fused=True))
             torch.mul(dq_acc, scale * 0.25, out=dq)  # the kernel adds 4 dS k (kernels._sigmoid_and_slope4)
         else:
-            _launch("dkdv", q, launch_dkdv)
-            _launch("dq", q, launch_dq)
+            if "dkdv" in hopper:
+                _hopper_dkdv(
+                    q, k, v, dout, dk, dv, dkb_part, bias, key_bias, lengths, scale, causal, varlen, span_k
+                )
+            else:
+                _launch("dkdv", q, launch_dkdv)
+            if "dq" in hopper:
+                dbias_part = _hopper_dq(
+                    q, k, v, dout, dq, bias, key_bias, lengths, scale, causal, varlen, span_q
+                )
+            else:
+                _launch("dq", q, launch_dq)
     else:
         for grad in (dq, dk, dv):
             grad.zero_()

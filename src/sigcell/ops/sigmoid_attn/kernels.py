@@ -160,38 +160,6 @@ def _load_rows(
 
 
 @triton.jit
-def _load_block(
-    base,
-    DESC,
-    desc_b,
-    desc_row,
-    i_head,
-    r0,
-    o_d,
-    stride_t,
-    stride_d,
-    n_rows,
-    MASK_ROWS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    USE_TMA: tl.constexpr,
-):
-    """Rows ``r0 .. r0 + BLOCK_R`` of one head's [rows, D] slice, as :func:`_load_rows`. With USE_TMA
-    through the tensor descriptor DESC (``[B', rows, H, D]``, blocks ``[1, BLOCK_R, 1, BLOCK_D]``) at
-    ``(desc_b, desc_row + r0, i_head)``: a bulk copy; columns past D read as 0, and rows past the
-    sequence (padding, or the next packed sequence) are zeroed where MASK_ROWS."""
-    o_r = r0 + tl.arange(0, BLOCK_R)
-    if USE_TMA:
-        block = DESC.load([desc_b, desc_row + r0, i_head, 0]).reshape(BLOCK_R, BLOCK_D)
-        if MASK_ROWS:
-            block = tl.where((o_r < n_rows)[:, None], block, 0.0)
-        return block
-    else:
-        return _load_rows(base, o_r, o_d, stride_t, stride_d, n_rows, MASK_ROWS, HEAD_DIM, BLOCK_D)
-
-
-@triton.jit
 def _store_rows(base, o_r, o_d, stride_t, stride_d, n_rows, value, HEAD_DIM: tl.constexpr):
     ptrs = base + o_r[:, None] * stride_t + o_d[None, :] * stride_d
     tl.store(ptrs, value, mask=(o_r < n_rows)[:, None] & (o_d < HEAD_DIM)[None, :])
@@ -265,8 +233,7 @@ def _fwd_step(
     past the sequence may belong to padding or the next packed sequence, so masked blocks zero them.
     """
     o_n = j0 + tl.arange(0, BLOCK_N)
-    # The forward keeps its own TMA branch (K and V loaded, then masked): v10's GPU-tested instruction
-    # order; :func:`_load_block` is the same thing per tensor.
+    # With TMA, K and V are loaded, then masked: v10's GPU-tested instruction order.
     if USE_TMA:
         b_k = K_DESC.load([desc_b, desc_row + j0, i_hk, 0]).reshape(BLOCK_N, BLOCK_D)
         b_v = V_DESC.load([desc_b, desc_row + j0, i_hk, 0]).reshape(BLOCK_N, BLOCK_D)
@@ -521,8 +488,6 @@ def _dkdv_step(
     kb_base,
     dq_base,
     DQ_DESC,
-    Q_DESC,
-    DO_DESC,
     desc_b,
     desc_row,
     i_h,
@@ -545,7 +510,6 @@ def _dkdv_step(
     EMULATE_BF16: tl.constexpr,
     ATOMIC_DQ: tl.constexpr,
     TMA_DQ: tl.constexpr,
-    USE_TMA: tl.constexpr,
 ):
     """Add one query block's contribution to dK, dV and the per-key sums of dS; with ATOMIC_DQ, also add
     ``4 dS k`` to the float32 dQ rows at ``dq_base`` (the fused backward; the caller scales the sum by
@@ -554,40 +518,8 @@ def _dkdv_step(
     Query rows past ``len_q`` load as zero rows of Q and dO, so their dS and p^T dO vanish unmasked.
     """
     o_m = m0 + tl.arange(0, BLOCK_M)
-    b_q = _load_block(
-        q_base,
-        Q_DESC,
-        desc_b,
-        desc_row,
-        i_h,
-        m0,
-        o_d,
-        stride_qt,
-        stride_qd,
-        len_q,
-        MASK_ROWS,
-        HEAD_DIM,
-        BLOCK_D,
-        BLOCK_M,
-        USE_TMA,
-    )
-    b_do = _load_block(
-        do_base,
-        DO_DESC,
-        desc_b,
-        desc_row,
-        i_h,
-        m0,
-        o_d,
-        stride_dot,
-        stride_dod,
-        len_q,
-        MASK_ROWS,
-        HEAD_DIM,
-        BLOCK_D,
-        BLOCK_M,
-        USE_TMA,
-    )
+    b_q = _load_rows(q_base, o_m, o_d, stride_qt, stride_qd, len_q, MASK_ROWS, HEAD_DIM, BLOCK_D)
+    b_do = _load_rows(do_base, o_m, o_d, stride_dot, stride_dod, len_q, MASK_ROWS, HEAD_DIM, BLOCK_D)
     b_s = _logits(
         b_q,
         b_k,
@@ -666,8 +598,6 @@ def _dkdv_query_blocks(
     do_base,
     dq_base,
     DQ_DESC,
-    Q_DESC,
-    DO_DESC,
     desc_b,
     desc_row,
     i_h,
@@ -704,7 +634,6 @@ def _dkdv_query_blocks(
     EMULATE_BF16: tl.constexpr,
     ATOMIC_DQ: tl.constexpr,
     TMA_DQ: tl.constexpr,
-    USE_TMA: tl.constexpr,
 ):
     """:func:`_dkdv_step` over the query blocks of one head that see the key block (bounds of
     :func:`_query_loop_bounds`)."""
@@ -729,8 +658,6 @@ def _dkdv_query_blocks(
             kb_base,
             dq_base,
             DQ_DESC,
-            Q_DESC,
-            DO_DESC,
             desc_b,
             desc_row,
             i_h,
@@ -753,7 +680,6 @@ def _dkdv_query_blocks(
             EMULATE_BF16,
             ATOMIC_DQ,
             TMA_DQ,
-            USE_TMA,
         )
     for m0 in range(tl.maximum(diag_end, lo), rows_end, BLOCK_M):
         b_dk, b_dv, b_dkb = _dkdv_step(
@@ -776,8 +702,6 @@ def _dkdv_query_blocks(
             kb_base,
             dq_base,
             DQ_DESC,
-            Q_DESC,
-            DO_DESC,
             desc_b,
             desc_row,
             i_h,
@@ -800,7 +724,6 @@ def _dkdv_query_blocks(
             EMULATE_BF16,
             ATOMIC_DQ,
             TMA_DQ,
-            USE_TMA,
         )
     for m0 in range(tail_start, q_end, BLOCK_M):
         b_dk, b_dv, b_dkb = _dkdv_step(
@@ -823,8 +746,6 @@ def _dkdv_query_blocks(
             kb_base,
             dq_base,
             DQ_DESC,
-            Q_DESC,
-            DO_DESC,
             desc_b,
             desc_row,
             i_h,
@@ -847,7 +768,6 @@ def _dkdv_query_blocks(
             EMULATE_BF16,
             ATOMIC_DQ,
             TMA_DQ,
-            USE_TMA,
         )
     return b_dk, b_dv, b_dkb
 
@@ -860,8 +780,6 @@ def sigmoid_attn_bwd_dkdv_kernel(
     DO,
     DQ,
     DQ_DESC,
-    Q_DESC,
-    DO_DESC,
     DK,
     DV,
     DKB,
@@ -926,7 +844,6 @@ def sigmoid_attn_bwd_dkdv_kernel(
     BLOCK_FAST: tl.constexpr,
     FUSED: tl.constexpr,
     TMA_DQ: tl.constexpr,
-    USE_TMA: tl.constexpr,
 ):
     """One program per (sequence, KV head, key block): dK, dV and the per-key sum of dS for its group.
 
@@ -999,8 +916,6 @@ def sigmoid_attn_bwd_dkdv_kernel(
             do_base,
             dq_base,
             DQ_DESC,
-            Q_DESC,
-            DO_DESC,
             i_b if STORE_ALL_ROWS else 0,  # descriptor: [B, rows, H, D] padded, [1, T, H, D] packed
             start_q,
             i_h,
@@ -1037,7 +952,6 @@ def sigmoid_attn_bwd_dkdv_kernel(
             EMULATE_BF16,
             FUSED,
             TMA_DQ,
-            USE_TMA,
         )
         if FUSED:
             b_dkb += b_dsum
@@ -1084,11 +998,6 @@ def _dq_step(
     b_do,
     k_base,
     v_base,
-    K_DESC,
-    V_DESC,
-    desc_b,
-    desc_row,
-    i_hk,
     kb_base,
     j0,
     o_m,
@@ -1113,45 +1022,12 @@ def _dq_step(
     FAST_SIGMOID: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
-    USE_TMA: tl.constexpr,
 ):
     """Add one key block's ``dS k`` to dQ and its row sums of dS (zero rows of V give dS = 0 for
     padded keys)."""
     o_n = j0 + tl.arange(0, BLOCK_N)
-    b_k = _load_block(
-        k_base,
-        K_DESC,
-        desc_b,
-        desc_row,
-        i_hk,
-        j0,
-        o_d,
-        stride_kt,
-        stride_kd,
-        len_k,
-        MASK_KEYS,
-        HEAD_DIM,
-        BLOCK_D,
-        BLOCK_N,
-        USE_TMA,
-    )
-    b_v = _load_block(
-        v_base,
-        V_DESC,
-        desc_b,
-        desc_row,
-        i_hk,
-        j0,
-        o_d,
-        stride_vt,
-        stride_vd,
-        len_k,
-        MASK_KEYS,
-        HEAD_DIM,
-        BLOCK_D,
-        BLOCK_N,
-        USE_TMA,
-    )
+    b_k = _load_rows(k_base, o_n, o_d, stride_kt, stride_kd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
+    b_v = _load_rows(v_base, o_n, o_d, stride_vt, stride_vd, len_k, MASK_KEYS, HEAD_DIM, BLOCK_D)
     b_s = _logits(
         b_q,
         b_k,
@@ -1187,8 +1063,6 @@ def sigmoid_attn_bwd_dq_kernel(
     Q,
     K,
     V,
-    K_DESC,
-    V_DESC,
     DO,
     DQ,
     DBIAS,
@@ -1238,7 +1112,6 @@ def sigmoid_attn_bwd_dq_kernel(
     DOT_PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
     BLOCK_FAST: tl.constexpr,
-    USE_TMA: tl.constexpr,
 ):
     """One program per (sequence, head, query block): dQ and the block's sum of dS (for d bias)."""
     i_bh, i_m = _program_ids(BLOCK_FAST, CAUSAL)
@@ -1293,11 +1166,6 @@ def sigmoid_attn_bwd_dq_kernel(
             b_do,
             k_base,
             v_base,
-            K_DESC,
-            V_DESC,
-            i_b if STORE_ALL_ROWS else 0,  # descriptors: [B, rows, H, D] padded, [1, T, H, D] packed
-            start_k,
-            i_hk,
             kb_base,
             j0,
             o_m,
@@ -1322,7 +1190,6 @@ def sigmoid_attn_bwd_dq_kernel(
             FAST_SIGMOID,
             DOT_PRECISION,
             EMULATE_BF16,
-            USE_TMA,
         )
     for j0 in range(full, hi, BLOCK_N):
         b_dq, b_dbias = _dq_step(
@@ -1332,11 +1199,6 @@ def sigmoid_attn_bwd_dq_kernel(
             b_do,
             k_base,
             v_base,
-            K_DESC,
-            V_DESC,
-            i_b if STORE_ALL_ROWS else 0,  # descriptors: [B, rows, H, D] padded, [1, T, H, D] packed
-            start_k,
-            i_hk,
             kb_base,
             j0,
             o_m,
@@ -1361,7 +1223,6 @@ def sigmoid_attn_bwd_dq_kernel(
             FAST_SIGMOID,
             DOT_PRECISION,
             EMULATE_BF16,
-            USE_TMA,
         )
 
     dq_base = DQ + i_b * stride_dqb + i_h * stride_dqh + start_q * stride_dqt

@@ -1,6 +1,6 @@
-"""The Gluon forward for Hopper (ops/sigmoid_attn/hopper.py) without a GPU: it compiles for sm_90a (ptxas
-included) with the asynchronous-wgmma schedule it exists for, and the dispatch sends it only what it
-supports. Its numbers are checked on an H100 / H200 in test_gpu.py."""
+"""The Gluon kernels for Hopper (ops/sigmoid_attn/hopper.py, hopper_bwd.py) without a GPU: they compile
+for sm_90a (ptxas included) with the asynchronous-wgmma schedules they exist for, and the dispatch sends
+them only what they support. Their numbers are checked on an H100 / H200 in test_gpu.py."""
 
 from __future__ import annotations
 
@@ -26,6 +26,45 @@ def test_compiles_for_sm90_with_overlapped_wgmma(dim, dtype, causal, key_bias, p
     assert "tanh.approx.f32" in ptx
     assert "cp.async.bulk.tensor.2d" in ptx  # TMA loads
     assert kernel.metadata.shared <= 227 * 1024  # fits an H100 / H200 SM
+
+
+@pytest.mark.parametrize(
+    ("kind", "dim", "dtype", "causal", "key_bias", "padded", "waits"),
+    [
+        # dK / dV: per query block, S^T is waited for with dP^T in flight, dP^T with dV in flight.
+        ("dkdv", 128, "bf16", False, False, True, {1: 4, 0: 2}),  # whole and tail loops
+        ("dkdv", 64, "fp16", True, True, False, {1: 6, 0: 3}),  # diagonal, whole and tail loops
+        # dQ (pipelined): S_j is waited for with dP_j and the previous block's dQ in flight.
+        ("dq", 128, "bf16", True, True, False, {2: 2, 1: 3, 0: 4}),
+        ("dq", 64, "fp16", False, False, True, {2: 2, 1: 3, 0: 4}),
+    ],
+)
+def test_backward_compiles_for_sm90_with_overlapped_wgmma(kind, dim, dtype, causal, key_bias, padded, waits):
+    from sigcell.ops.sigmoid_attn.hopper_bwd import compile_bwd_sm90
+
+    flags = {"causal": causal, "key_bias": key_bias, "padded": padded}
+    kernel = compile_bwd_sm90(kind, dim, dtype=dtype, group=2, **flags)
+    ptx = kernel.asm["ptx"]
+    for outstanding, count in waits.items():
+        assert ptx.count(f"wgmma.wait_group.sync.aligned {outstanding};") == count
+    assert "tanh.approx.f32" in ptx
+    assert "cp.async.bulk.tensor.2d" in ptx
+    assert kernel.metadata.shared <= 227 * 1024
+
+
+def test_hopper_backward_switches(monkeypatch):
+    q = torch.zeros(1, 64, 2, 128, dtype=torch.bfloat16)
+    monkeypatch.delenv("SIGCELL_HOPPER_BWD", raising=False)
+    assert interface._hopper_bwd_kernels(q, q, q, q, None, False, True, 2) == set()  # CPU tensors
+    monkeypatch.setattr(interface, "_hopper_eligible", lambda *args: True)
+    assert interface._hopper_bwd_kernels(q, q, q, q, None, False, True, 2) == {"dkdv", "dq"}
+    monkeypatch.setenv("SIGCELL_HOPPER_BWD_KERNELS", "dq, fused")
+    assert interface._hopper_bwd_kernels(q, q, q, q, None, False, True, 2) == {"dq"}
+    monkeypatch.setenv("SIGCELL_HOPPER_BWD", "0")
+    assert interface._hopper_bwd_kernels(q, q, q, q, None, False, True, 2) == set()
+    monkeypatch.delenv("SIGCELL_HOPPER_BWD")
+    odd = torch.zeros(1, 64, 2, 96, dtype=torch.bfloat16)  # no configuration for D = 96
+    assert interface._hopper_bwd_kernels(odd, odd, odd, odd, None, False, True, 2) == set()
 
 
 def test_flat_rows_accepts_contiguous_and_fused_qkv_views():
