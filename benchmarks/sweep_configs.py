@@ -2,9 +2,10 @@
 B = 16384 / L, H = 2048 / D) and print the best per head dim. Results go to JSON.
 
 Usage: PYTHONPATH=src python3 benchmarks/sweep_configs.py [--out DIR] [--dims 64,128,256] [--L 4096]
-       [--kinds fwd,dkdv,dq,fused,hopper_dkdv,hopper_dq]   (fused: the opt-in fused backward, timed with
-       SIGCELL_FUSED_BWD=1; hopper_*: the Gluon backward kernels on sm_90, timed with the other backward
-       kernel in Triton; dkdv / dq time the Triton kernels with the Gluon backward off)
+       [--kinds fwd,dkdv,dq,fused,hopper_dkdv,hopper_dq,hopper_fused]   (fused: the opt-in fused backward,
+       timed with SIGCELL_FUSED_BWD=1; hopper_dkdv / hopper_dq: a Gluon backward kernel on sm_90, timed
+       with the other backward kernel in Triton; hopper_fused: the opt-in one-kernel Gluon backward;
+       dkdv / dq time the Triton kernels with the Gluon backward off)
        [--causal] [--configs 'M,N,W,S;...'] [--rounds R]   (R interleaved passes; medians kept)
 """
 
@@ -60,6 +61,7 @@ CANDIDATES = {
     ],
     # Gluon backward (hopper_bwd.py); ptxas (sm_90a, no GPU) at D128: dK/dV 128 x 128 spills 1.4 KB.
     "hopper_dkdv": [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (32, 128, 8, 3)],
+    "hopper_fused": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (64, 128, 8, 3)],
     "hopper_dq": [
         (128, 64, 8, 2),
         (128, 64, 8, 3),

@@ -37,6 +37,8 @@ def test_compiles_for_sm90_with_overlapped_wgmma(dim, dtype, causal, key_bias, p
         # dQ (pipelined): S_j is waited for with dP_j and the previous block's dQ in flight.
         ("dq", 128, "bf16", True, True, False, {2: 2, 1: 3, 0: 4}),
         ("dq", 64, "fp16", False, False, True, {2: 2, 1: 3, 0: 4}),
+        # fused (opt-in): the dK/dV schedule plus dQ = dS K from shared memory, retired with dK and dV.
+        ("fused", 64, "bf16", True, True, False, {1: 6, 0: 3}),
     ],
 )
 def test_backward_compiles_for_sm90_with_overlapped_wgmma(kind, dim, dtype, causal, key_bias, padded, waits):
@@ -58,8 +60,10 @@ def test_hopper_backward_switches(monkeypatch):
     assert interface._hopper_bwd_kernels(q, q, q, q, None, False, True, 2) == set()  # CPU tensors
     monkeypatch.setattr(interface, "_hopper_eligible", lambda *args: True)
     assert interface._hopper_bwd_kernels(q, q, q, q, None, False, True, 2) == {"dkdv", "dq"}
-    monkeypatch.setenv("SIGCELL_HOPPER_BWD_KERNELS", "dq, fused")
+    monkeypatch.setenv("SIGCELL_HOPPER_BWD_KERNELS", "dq, bogus")
     assert interface._hopper_bwd_kernels(q, q, q, q, None, False, True, 2) == {"dq"}
+    monkeypatch.setenv("SIGCELL_HOPPER_BWD_KERNELS", "fused")
+    assert interface._hopper_bwd_kernels(q, q, q, q, None, False, True, 2) == {"fused"}
     monkeypatch.setenv("SIGCELL_HOPPER_BWD", "0")
     assert interface._hopper_bwd_kernels(q, q, q, q, None, False, True, 2) == set()
     monkeypatch.delenv("SIGCELL_HOPPER_BWD")

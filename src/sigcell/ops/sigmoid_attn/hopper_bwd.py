@@ -108,12 +108,18 @@ def _dkdv_step(
     scale_half,
     len_q,
     shift,
+    ds_smem,
+    dq_base,
+    stride_dqt,
     MASK: gl.constexpr,
     CAUSAL: gl.constexpr,
     STAGES: gl.constexpr,
+    FUSED: gl.constexpr,
     num_warps: gl.constexpr,
 ):
-    """One query block's contribution to dK, dV and the per-key sums of 4 dS (rows = keys)."""
+    """One query block's contribution to dK, dV and the per-key sums of 4 dS (rows = keys). FUSED also
+    adds the block's ``4 dS K`` to the float32 dQ rows at ``dq_base`` (atomics; dS^T goes through shared
+    memory to be the transposed A operand)."""
     BM: gl.constexpr = q_desc.block_type.shape[0]
     dtype: gl.constexpr = q_desc.dtype
     st_layout: gl.constexpr = st_zero.type.layout
@@ -146,7 +152,23 @@ def _dkdv_step(
     dkb += _row_sums(ds)
     ds_op = gl.convert_layout(ds.to(dtype), a_layout)
     dk_tok = warpgroup_mma(ds_op, q_tile, dk, is_async=True)
-    dk, dv, p_op, ds_op = warpgroup_mma_wait(0, deps=(dk_tok, dv_tok, p_op, ds_op))
+    if FUSED:
+        D: gl.constexpr = q_desc.block_type.shape[1]
+        dq_warps_m: gl.constexpr = min(num_warps, BM // 16)
+        dq_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0],
+            warps_per_cta=[dq_warps_m, num_warps // dq_warps_m],
+            instr_shape=[16, D // (num_warps // dq_warps_m), 16],
+        )
+        ds_smem.store(ds.to(dtype))
+        fence_async_shared()
+        gl.thread_barrier()
+        dq_zero = gl.zeros([BM, D], gl.float32, dq_layout)
+        dq_tok = warpgroup_mma(ds_smem.permute((1, 0)), k_smem, dq_zero, use_acc=False, is_async=True)
+        dk, dv, p_op, ds_op, dq = warpgroup_mma_wait(0, deps=(dk_tok, dv_tok, p_op, ds_op, dq_tok))
+        _add_rows(dq_base, m0, stride_dqt, dq, len_q, num_warps)
+    else:
+        dk, dv, p_op, ds_op = warpgroup_mma_wait(0, deps=(dk_tok, dv_tok, p_op, ds_op))
     _load_query_block(
         q_desc, do_desc, q_smem, do_smem, bars, it + STAGES, n_iter, first, n_blocks, row_q, head0, STAGES
     )
@@ -167,6 +189,21 @@ def _store_rows(base, r0, stride_t, value, n_store, n_valid, num_warps: gl.const
     o_d = gl.arange(0, D, layout=gl.SliceLayout(0, layout))
     out = gl.where((o_r < n_valid)[:, None], out, gl.zeros([R, D], value.dtype, layout))
     gl.store(base + o_r[:, None] * stride_t + o_d[None, :], out, mask=(o_r < n_store)[:, None])
+
+
+@gluon.jit
+def _add_rows(base, r0, stride_t, value, n_rows, num_warps: gl.constexpr):
+    """Atomically add a float32 ``[R, D]`` block to rows ``r0 + [0, R)`` below ``n_rows`` of a sequence
+    starting at ``base`` (from a blocked layout: few pointers, contiguous columns per thread). 16-byte
+    ``red.global.add.v4.f32`` reductions through inline PTX measured the same (NOTES.md, v14c)."""
+    R: gl.constexpr = value.shape[0]
+    D: gl.constexpr = value.shape[1]
+    layout: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (D // 4), D // 4], [num_warps, 1], [1, 0])
+    val = gl.convert_layout(value, layout)
+    o_r = r0 + gl.arange(0, R, layout=gl.SliceLayout(1, layout))
+    o_d = gl.arange(0, D, layout=gl.SliceLayout(0, layout))
+    ptrs = base + o_r[:, None] * stride_t + o_d[None, :]
+    gl.atomic_add(ptrs, val, mask=(o_r < n_rows)[:, None], sem="relaxed")
 
 
 @gluon.jit
@@ -192,6 +229,10 @@ def sigmoid_attn_bwd_dkdv_hopper_kernel(
     stride_dkbh,
     stride_dkbb,
     stride_dkbt,
+    DQ,
+    DBIAS,
+    stride_dqt,
+    num_n_blocks,
     scale,
     H: gl.constexpr,
     GROUP: gl.constexpr,
@@ -199,10 +240,16 @@ def sigmoid_attn_bwd_dkdv_hopper_kernel(
     HAS_KEY_BIAS: gl.constexpr,
     STORE_ALL_ROWS: gl.constexpr,
     STAGES: gl.constexpr,
+    FUSED: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """One program per (key block, sequence x KV head): dK, dV (``[B', rows, H_kv, D]``, row stride
-    ``stride_dkt`` for both) and, with a key bias, the per-key sums of dS of its heads (DKB)."""
+    ``stride_dkt`` for both) and, with a key bias, the per-key sums of dS of its heads (DKB).
+
+    FUSED (the one-kernel backward): also adds ``4 dS K`` to the zeroed float32 ``DQ`` (``[B', rows, H,
+    D]``, row stride ``stride_dqt``; the caller scales by ``scale / 4``) and writes each head's sum of
+    dS over the block to ``DBIAS[(b * H + h) * num_n_blocks + i_n]`` (for d bias). DQ, DBIAS are unused
+    otherwise."""
     BM: gl.constexpr = q_desc.block_type.shape[0]
     D: gl.constexpr = q_desc.block_type.shape[1]
     BN: gl.constexpr = k_desc.block_type.shape[0]
@@ -254,6 +301,10 @@ def sigmoid_attn_bwd_dkdv_hopper_kernel(
         v_smem = gl.allocate_shared_memory(dtype, [BN, D], v_desc.layout)
         q_smem = gl.allocate_shared_memory(dtype, [STAGES, BM, D], q_desc.layout)
         do_smem = gl.allocate_shared_memory(dtype, [STAGES, BM, D], do_desc.layout)
+        ds_smem = k_smem  # placeholder operand unless FUSED
+        if FUSED:
+            ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
+            ds_smem = gl.allocate_shared_memory(dtype, [BN, BM], ds_layout)
         kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         mbarrier.init(kv_bar, count=1)
@@ -291,27 +342,38 @@ def sigmoid_attn_bwd_dkdv_hopper_kernel(
         scale_half = 0.5 * scale
         st_zero = gl.zeros([BN, BM], gl.float32, st_layout)
         mbarrier.wait(kv_bar, 0)
+        if FUSED:  # noqa: SIM102 (constexpr branch around a runtime one)
+            if n0 + BN > len_k:  # keys past the sequence must not reach dQ (which sums over keys)
+                _zero_rows_past(k_smem, n0, len_k, num_warps)
+                _zero_rows_past(v_smem, n0, len_k, num_warps)
         for g in range(GROUP):
             row_bias_half = key_bias_half + 0.5 * gl.load(BIAS + i_b * H + i_hk * GROUP + g)
             it0 = g * n_blocks - first
+            dq_base = DQ + (i_b * rows_q + start_q).to(gl.int64) * stride_dqt + (i_hk * GROUP + g) * D
+            dsum = gl.zeros([BN], gl.float32, gl.SliceLayout(1, st_layout))  # this head's dS per key
             for blk in range(first, diag_end // BM):
-                dk, dv, dkb = _dkdv_step(
-                    it0 + blk, blk * BM, dk, dv, dkb, k_smem, v_smem, q_smem, do_smem, bars, q_desc, do_desc,
+                dk, dv, dsum = _dkdv_step(
+                    it0 + blk, blk * BM, dk, dv, dsum, k_smem, v_smem, q_smem, do_smem, bars, q_desc, do_desc,
                     n_iter, first, n_blocks, row_q, i_hk * GROUP, st_zero, o_n, row_bias_half, scale_half,
-                    len_q, shift, True, CAUSAL, STAGES, num_warps,
+                    len_q, shift, ds_smem, dq_base, stride_dqt, True, CAUSAL, STAGES, FUSED, num_warps,
                 )  # fmt: skip
             for blk in range(gl.maximum(diag_end // BM, first), rows_end // BM):
-                dk, dv, dkb = _dkdv_step(
-                    it0 + blk, blk * BM, dk, dv, dkb, k_smem, v_smem, q_smem, do_smem, bars, q_desc, do_desc,
+                dk, dv, dsum = _dkdv_step(
+                    it0 + blk, blk * BM, dk, dv, dsum, k_smem, v_smem, q_smem, do_smem, bars, q_desc, do_desc,
                     n_iter, first, n_blocks, row_q, i_hk * GROUP, st_zero, o_n, row_bias_half, scale_half,
-                    len_q, shift, False, CAUSAL, STAGES, num_warps,
+                    len_q, shift, ds_smem, dq_base, stride_dqt, False, CAUSAL, STAGES, FUSED, num_warps,
                 )  # fmt: skip
             for blk in range(gl.maximum(rows_end // BM, first), first + n_blocks):
-                dk, dv, dkb = _dkdv_step(
-                    it0 + blk, blk * BM, dk, dv, dkb, k_smem, v_smem, q_smem, do_smem, bars, q_desc, do_desc,
+                dk, dv, dsum = _dkdv_step(
+                    it0 + blk, blk * BM, dk, dv, dsum, k_smem, v_smem, q_smem, do_smem, bars, q_desc, do_desc,
                     n_iter, first, n_blocks, row_q, i_hk * GROUP, st_zero, o_n, row_bias_half, scale_half,
-                    len_q, shift, True, CAUSAL, STAGES, num_warps,
+                    len_q, shift, ds_smem, dq_base, stride_dqt, True, CAUSAL, STAGES, FUSED, num_warps,
                 )  # fmt: skip
+            dkb += dsum
+            if FUSED:
+                dsum = gl.where(o_n < len_k, dsum, 0.0)
+                head_total = gl.reduce(dsum, 0, _add) * 0.25
+                gl.store(DBIAS + (i_b * H + i_hk * GROUP + g) * num_n_blocks + i_n, head_total)
         mbarrier.invalidate(kv_bar)
         for st in gl.static_range(STAGES):
             mbarrier.invalidate(bars.index(st))
@@ -579,9 +641,9 @@ def compile_bwd_sm90(
     group: int = 1,
     config: tuple[int, int, int, int] | None = None,
 ):
-    """The ``"dkdv"`` or ``"dq"`` kernel compiled for sm_90a without a GPU (hopper.compile_for_sm90),
-    with the interface's launch configuration for ``dim`` unless ``config`` gives
-    ``(BLOCK_M, BLOCK_N, warps, stages)``."""
+    """The ``"dkdv"``, ``"dq"`` or ``"fused"`` (dK/dV kernel with FUSED) kernel compiled for sm_90a
+    without a GPU (hopper.compile_for_sm90), with the interface's launch configuration for ``dim``
+    unless ``config`` gives ``(BLOCK_M, BLOCK_N, warps, stages)``."""
     from sigcell.ops.sigmoid_attn.hopper import compile_for_sm90
     from sigcell.ops.sigmoid_attn.interface import _HOPPER_BWD_CONFIGS
 
@@ -589,11 +651,12 @@ def compile_bwd_sm90(
     blocks = {"q_desc": block_m, "do_desc": block_m, "k_desc": block_n, "v_desc": block_n}
     lengths = dict.fromkeys(("START_Q", "LEN_Q", "START_K", "LEN_K"), "*i32")
     bias = dict.fromkeys(("BIAS", "KEY_BIAS"), "*fp32")
-    if kind == "dkdv":
+    if kind in ("dkdv", "fused"):
         kernel = sigmoid_attn_bwd_dkdv_hopper_kernel
         args = {"DK": "*dt", "DV": "*dt", "DKB": "*fp32", **bias, **lengths}
         ints = ("rows_q", "rows_k", "stride_dkt", "stride_kbb", "stride_kbt", "stride_dkbh", "stride_dkbb")
         args.update(dict.fromkeys((*ints, "stride_dkbt"), "i32"))
+        args.update({"DQ": "*fp32", "DBIAS": "*fp32", "stride_dqt": "i32", "num_n_blocks": "i32"})
     else:
         kernel = sigmoid_attn_bwd_dq_hopper_kernel
         args = {"DQ": "*dt", "DBIAS": "*fp32", **bias, **lengths}
@@ -607,6 +670,8 @@ def compile_bwd_sm90(
         "HAS_KEY_BIAS": key_bias,
         "STORE_ALL_ROWS": padded,
         "STAGES": stages,
-        "num_warps": warps,
     }
+    if kind != "dq":
+        constants["FUSED"] = kind == "fused"
+    constants["num_warps"] = warps
     return compile_for_sm90(kernel, blocks, args, constants, dim, dtype)

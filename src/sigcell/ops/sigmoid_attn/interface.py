@@ -258,6 +258,9 @@ _HOPPER_DEFAULT_DIMS = "128"
 _HOPPER_BWD_CONFIGS = {
     "dkdv": {64: (64, 64, 4, 2), 128: (64, 64, 4, 2)},
     "dq": {64: (64, 64, 4, 3), 128: (128, 64, 8, 3)},
+    # The opt-in one-kernel backward (SIGCELL_HOPPER_BWD_KERNELS=fused): 0.89-0.95x the split pair at D64,
+    # 0.73-0.77x at D128 (spills) in v14c.
+    "fused": {64: (64, 128, 8, 2), 128: (64, 128, 8, 2)},
 }
 
 
@@ -312,13 +315,14 @@ def _uses_hopper_forward(q, k, v, slopes, varlen, fast_sigmoid, n_bh) -> bool:
 
 def _hopper_bwd_kernels(q, k, v, dout, slopes, varlen, fast_sigmoid, n_bh) -> set[str]:
     """Backward kernels ("dkdv", "dq") that run in Gluon; the others run in Triton.
-    ``SIGCELL_HOPPER_BWD=0`` turns both off, ``SIGCELL_HOPPER_BWD_KERNELS=dkdv`` keeps one (benchmark A/B)."""
+    ``SIGCELL_HOPPER_BWD=0`` turns both off, ``SIGCELL_HOPPER_BWD_KERNELS=dkdv`` keeps one (benchmark A/B),
+    ``SIGCELL_HOPPER_BWD_KERNELS=fused`` selects the opt-in one-kernel Gluon backward ({"fused"})."""
     if os.environ.get("SIGCELL_HOPPER_BWD", "1") == "0" or q.shape[-1] not in _HOPPER_BWD_CONFIGS["dkdv"]:
         return set()
     if not _hopper_eligible(q, slopes, fast_sigmoid, n_bh, (q, k, v, dout), varlen):
         return set()
-    names = os.environ.get("SIGCELL_HOPPER_BWD_KERNELS", "dkdv,dq")
-    return {x.strip() for x in names.split(",")} & {"dkdv", "dq"}
+    names = {x.strip() for x in os.environ.get("SIGCELL_HOPPER_BWD_KERNELS", "dkdv,dq").split(",")}
+    return {"fused"} if "fused" in names else names & {"dkdv", "dq"}
 
 
 def _flat_descriptor(t: torch.Tensor, rows: int):
@@ -379,18 +383,28 @@ def _hopper_bwd_config(kind: str, dim: int) -> tuple[int, int, int, int]:
     return _config_override.get(f"hopper_{kind}") or _HOPPER_BWD_CONFIGS[kind][dim]
 
 
-def _hopper_dkdv(q, k, v, dout, dk, dv, dkb_part, bias, key_bias, lengths, scale, causal, varlen, span_k):
-    """Launch the Gluon dK / dV kernel (hopper_bwd.py) into ``dk``, ``dv`` and ``dkb_part``."""
+def _hopper_dkdv(
+    q, k, v, dout, dk, dv, dkb_part, bias, key_bias, lengths, scale, causal, varlen, span_k, dq=None
+) -> torch.Tensor | None:
+    """Launch the Gluon dK / dV kernel (hopper_bwd.py) into ``dk``, ``dv`` and ``dkb_part``. Given
+    ``dq``, the fused variant also computes dQ (through a zeroed float32 buffer, nondeterministic order
+    of additions) and returns the per-(sequence x head, key block) sums of dS (for d bias)."""
     from sigcell.ops.sigmoid_attn.hopper_bwd import sigmoid_attn_bwd_dkdv_hopper_kernel
 
     n_seq, heads = bias.shape
     kv_heads = k.shape[2]
-    block_m, block_n, warps, stages = _hopper_bwd_config("dkdv", q.shape[-1])
+    fused = dq is not None
+    block_m, block_n, warps, stages = _hopper_bwd_config("fused" if fused else "dkdv", q.shape[-1])
+    num_n = _cdiv(max(span_k, 1), block_n)
     assert dk.stride(1) == dv.stride(1)
     dkb_strides = (0, 0, 0)
     if dkb_part is not None:
         dkb_strides = (dkb_part.stride(0), 0 if varlen else dkb_part.stride(1), dkb_part.stride(-1))
-    sigmoid_attn_bwd_dkdv_hopper_kernel[(_cdiv(max(span_k, 1), block_n), n_seq * kv_heads)](
+    dq_acc = dbias_part = bias  # placeholders: the split kernel takes no dQ
+    if fused:
+        dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        dbias_part = torch.zeros(n_seq * heads, num_n, dtype=torch.float32, device=q.device)
+    sigmoid_attn_bwd_dkdv_hopper_kernel[(num_n, n_seq * kv_heads)](
         _flat_descriptor(q, block_m),
         _flat_descriptor(dout, block_m),
         _flat_descriptor(k, block_n),
@@ -406,6 +420,10 @@ def _hopper_dkdv(q, k, v, dout, dk, dv, dkb_part, bias, key_bias, lengths, scale
         dk.stride(1),
         *_key_bias_strides(key_bias, varlen),
         *dkb_strides,
+        dq_acc,
+        dbias_part,
+        dq_acc.stride(1) if fused else 0,
+        num_n,
         scale,
         H=heads,
         GROUP=heads // kv_heads,
@@ -413,8 +431,13 @@ def _hopper_dkdv(q, k, v, dout, dk, dv, dkb_part, bias, key_bias, lengths, scale
         HAS_KEY_BIAS=key_bias is not None,
         STORE_ALL_ROWS=not varlen,
         STAGES=stages,
+        FUSED=fused,
         num_warps=warps,
     )
+    if not fused:
+        return None
+    torch.mul(dq_acc, scale * 0.25, out=dq)  # the kernel adds 4 dS k
+    return dbias_part
 
 
 def _hopper_dq(q, k, v, dout, dq, bias, key_bias, lengths, scale, causal, varlen, span_q) -> torch.Tensor:
@@ -667,7 +690,11 @@ def _triton_backward(
         dq_acc = None
         lengths = (start_q, len_q, start_k, len_k)
         hopper = _hopper_bwd_kernels(q, k, v, dout, slopes, varlen, fast_sigmoid, n_seq * heads)
-        if os.environ.get("SIGCELL_FUSED_BWD") == "1":
+        if "fused" in hopper:
+            dbias_part = _hopper_dkdv(
+                q, k, v, dout, dk, dv, dkb_part, bias, key_bias, lengths, scale, causal, varlen, span_k, dq
+            )
+        elif os.environ.get("SIGCELL_FUSED_BWD") == "1":
             _launch("fused", q, lambda cfg: launch_dkdv(cfg, fused=True))
             torch.mul(dq_acc, scale * 0.25, out=dq)  # the kernel adds 4 dS k (kernels._sigmoid_and_slope4)
         else:
