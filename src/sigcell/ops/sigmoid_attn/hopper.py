@@ -32,6 +32,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 
 @gluon.jit
+def _tanh(x):
+    """``tanh.approx.f32``: one MUFU op (the special-function unit); max relative error about 2^-11."""
+    return gl.inline_asm_elementwise(
+        "tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=gl.float32, is_pure=True, pack=1
+    )
+
+
+@gluon.jit
 def _p_block(
     s,
     o_m,
@@ -56,9 +64,7 @@ def _p_block(
         x = s * scale_half + (bias_half + 0.5 * kb)[None, :]
     else:
         x = s * scale_half + bias_half
-    t = gl.inline_asm_elementwise(
-        "tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=gl.float32, is_pure=True, pack=1
-    )
+    t = _tanh(x)
     p = 0.5 * t + 0.5
     if MASK:
         keep = (o_n < len_k)[None, :]
@@ -154,6 +160,30 @@ def _step(
     # Both wgmmas that read stage `prev` have retired: it takes block j - 1 + STAGES.
     _load_kv(k_desc, v_desc, k_smem, v_smem, bars, j - 1 + STAGES, row_k, col, n_blocks, STAGES)
     return p_next, acc
+
+
+@gluon.jit
+def _row_pointers(base, r0, stride_t, value, VEC: gl.constexpr, num_warps: gl.constexpr):
+    """``value`` (``[R, D]``) in a blocked layout with ``VEC`` contiguous columns per thread, pointers to
+    rows ``r0 + [0, R)`` of a sequence starting at ``base`` (one row every ``stride_t`` elements) and the
+    row indices. For stores and atomics: the MMA layout would need one 64-bit pointer per element pair."""
+    R: gl.constexpr = value.shape[0]
+    D: gl.constexpr = value.shape[1]
+    layout: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // (D // VEC), D // VEC], [num_warps, 1], [1, 0])
+    o_r = r0 + gl.arange(0, R, layout=gl.SliceLayout(1, layout))
+    o_d = gl.arange(0, D, layout=gl.SliceLayout(0, layout))
+    ptrs = base + o_r.to(gl.int64)[:, None] * stride_t + o_d[None, :]
+    return gl.convert_layout(value, layout), ptrs, o_r
+
+
+@gluon.jit
+def _store_rows(base, r0, stride_t, value, n_store, n_valid, num_warps: gl.constexpr):
+    """Store a ``[R, D]`` block to rows ``r0 + [0, R)`` of a sequence starting at ``base``: rows below
+    ``n_valid`` get ``value``, rows in ``[n_valid, n_store)`` zeros, rows past ``n_store`` nothing."""
+    out, ptrs, o_r = _row_pointers(base, r0, stride_t, value, 8, num_warps)
+    gl.store(
+        ptrs, gl.where((o_r < n_valid)[:, None], out, 0.0).to(value.dtype), mask=(o_r < n_store)[:, None]
+    )
 
 
 @gluon.jit
@@ -331,16 +361,9 @@ def sigmoid_attn_fwd_hopper_kernel(
         for st in gl.static_range(STAGES):
             mbarrier.invalidate(bars.index(st))
 
-    # Rows past len_q (padding) are written as zeros; rows past store_rows are not written. Stored from
-    # a blocked layout (8 contiguous elements per thread): the MMA layout would need a 64-bit pointer
-    # per element pair, which costs the main loop registers.
-    out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (D // 8), D // 8], [num_warps, 1], [1, 0])
-    out = gl.convert_layout(acc.to(dtype), out_layout)
-    o_mo = m0 + gl.arange(0, BM, layout=gl.SliceLayout(1, out_layout))
-    o_d = gl.arange(0, D, layout=gl.SliceLayout(0, out_layout))
-    out = gl.where((o_mo < len_q)[:, None], out, gl.zeros([BM, D], dtype, out_layout))
-    p_out = O + (i_b * rows_q + start_q + o_mo).to(gl.int64)[:, None] * stride_ot + (i_h * D + o_d)[None, :]
-    gl.store(p_out, out, mask=(o_mo < store_rows)[:, None])
+    # Rows past len_q (padding) are written as zeros; rows past store_rows are not written.
+    seq = (i_b * rows_q + start_q).to(gl.int64) * stride_ot + i_h * D
+    _store_rows(O + seq, m0, stride_ot, acc.to(dtype), store_rows, len_q, num_warps)
 
 
 def compile_for_sm90(

@@ -36,14 +36,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from sigcell.ops.sigmoid_attn.hopper import _zero_rows_past
-
-
-@gluon.jit
-def _tanh(x):
-    return gl.inline_asm_elementwise(
-        "tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=gl.float32, is_pure=True, pack=1
-    )
+from sigcell.ops.sigmoid_attn.hopper import _row_pointers, _store_rows, _tanh, _zero_rows_past
 
 
 @gluon.jit
@@ -176,33 +169,11 @@ def _dkdv_step(
 
 
 @gluon.jit
-def _store_rows(base, r0, stride_t, value, n_store, n_valid, num_warps: gl.constexpr):
-    """Store a ``[R, D]`` block to rows ``r0 + [0, R)`` of a sequence starting at ``base`` (one row every
-    ``stride_t`` elements): rows below ``n_valid`` get ``value``, rows in ``[n_valid, n_store)`` zeros,
-    rows past ``n_store`` nothing. A blocked layout (8 contiguous elements per thread) keeps the
-    pointers few; the MMA layout would need one 64-bit pointer per element pair."""
-    R: gl.constexpr = value.shape[0]
-    D: gl.constexpr = value.shape[1]
-    layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (D // 8), D // 8], [num_warps, 1], [1, 0])
-    out = gl.convert_layout(value, layout)
-    o_r = r0 + gl.arange(0, R, layout=gl.SliceLayout(1, layout))
-    o_d = gl.arange(0, D, layout=gl.SliceLayout(0, layout))
-    out = gl.where((o_r < n_valid)[:, None], out, gl.zeros([R, D], value.dtype, layout))
-    gl.store(base + o_r[:, None] * stride_t + o_d[None, :], out, mask=(o_r < n_store)[:, None])
-
-
-@gluon.jit
 def _add_rows(base, r0, stride_t, value, n_rows, num_warps: gl.constexpr):
     """Atomically add a float32 ``[R, D]`` block to rows ``r0 + [0, R)`` below ``n_rows`` of a sequence
-    starting at ``base`` (from a blocked layout: few pointers, contiguous columns per thread). 16-byte
-    ``red.global.add.v4.f32`` reductions through inline PTX measured the same (NOTES.md, v14c)."""
-    R: gl.constexpr = value.shape[0]
-    D: gl.constexpr = value.shape[1]
-    layout: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (D // 4), D // 4], [num_warps, 1], [1, 0])
-    val = gl.convert_layout(value, layout)
-    o_r = r0 + gl.arange(0, R, layout=gl.SliceLayout(1, layout))
-    o_d = gl.arange(0, D, layout=gl.SliceLayout(0, layout))
-    ptrs = base + o_r[:, None] * stride_t + o_d[None, :]
+    starting at ``base``. 16-byte ``red.global.add.v4.f32`` reductions through inline PTX measured the
+    same as these scalar atomics (NOTES.md, v14c)."""
+    val, ptrs, o_r = _row_pointers(base, r0, stride_t, value, 4, num_warps)
     gl.atomic_add(ptrs, val, mask=(o_r < n_rows)[:, None], sem="relaxed")
 
 
