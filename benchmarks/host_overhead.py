@@ -42,6 +42,9 @@ def providers(d: int, L: int):
         torch.randn(B, L, H, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
     )
     cu = torch.arange(0, (B + 1) * L, L, dtype=torch.int32, device="cuda")
+    # 25 % padding as in `sigcell bench kernels`: lengths uniform in [0.75 L, L], seeded.
+    gen = torch.Generator().manual_seed(0)
+    lens = torch.randint(int(0.75 * L), L + 1, (B,), generator=gen, dtype=torch.int32).cuda()
     qp, kp, vp = (t.detach().reshape(B * L, H, d).requires_grad_() for t in (q, k, v))
     qs, ks, vs = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
 
@@ -54,6 +57,7 @@ def providers(d: int, L: int):
         H,
         [
             ("sigcell-dense", lambda: sigmoid_attn_func(q, k, v)),
+            ("sigcell-padded", lambda: sigmoid_attn_func(q, k, v, seq_lens_q=lens, seq_lens_k=lens)),
             ("sigcell-varlen", lambda: sigmoid_attn_varlen_func(qp, kp, vp, cu, cu, L, L)),
             ("sdpa-cudnn", cudnn),
         ],

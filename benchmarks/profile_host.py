@@ -32,12 +32,16 @@ def main() -> None:
     qp, kp, vp = (t.detach().reshape(B * L, H, d).requires_grad_() for t in (q, k, v))
     out = sigmoid_attn_func(q, k, v)
     grad = torch.randn_like(out)
+    lens = torch.randint(int(0.75 * L), L + 1, (B,), dtype=torch.int32).cuda()  # 25 % padding
+    padded = sigmoid_attn_func(q, k, v, seq_lens_q=lens, seq_lens_k=lens)
 
     cases = {
         "dense fwd": lambda: sigmoid_attn_func(q, k, v),
         "dense fwd, no grad": lambda: sigmoid_attn_func(q.detach(), k.detach(), v.detach()),
         "varlen fwd": lambda: sigmoid_attn_varlen_func(qp, kp, vp, cu, cu, L, L),
         "dense bwd": lambda: out.backward(grad, retain_graph=True),
+        "padded fwd": lambda: sigmoid_attn_func(q, k, v, seq_lens_q=lens, seq_lens_k=lens),
+        "padded bwd": lambda: padded.backward(grad, retain_graph=True),
     }
     for name, fn in cases.items():
         for _ in range(5):
