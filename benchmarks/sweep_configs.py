@@ -2,9 +2,10 @@
 B = 16384 / L, H = 2048 / D) and print the best per head dim. Results go to JSON.
 
 Usage: PYTHONPATH=src python3 benchmarks/sweep_configs.py [--out DIR] [--dims 64,128,256] [--L 4096]
-       [--kinds fwd,dkdv,dq,fused,hopper_dkdv,hopper_dq,hopper_fused]   (fused: the opt-in fused backward,
-       timed with SIGCELL_FUSED_BWD=1; hopper_dkdv / hopper_dq: a Gluon backward kernel on sm_90, timed
-       with the other backward kernel in Triton; hopper_fused: the opt-in one-kernel Gluon backward;
+       [--kinds fwd,dkdv,dq,fused,hopper_fwd,hopper_dkdv,hopper_dq,hopper_fused]
+       (fused: the opt-in fused backward, timed with SIGCELL_FUSED_BWD=1; hopper_fwd: the Gluon forward,
+       D64 included; hopper_dkdv / hopper_dq: a Gluon backward kernel on sm_90, timed with the other
+       backward kernel in Triton; hopper_fused: the opt-in one-kernel Gluon backward;
        dkdv / dq time the Triton kernels with the Gluon backward off)
        [--causal] [--configs 'M,N,W,S;...'] [--rounds R]   (R interleaved passes; medians kept)
 """
@@ -61,6 +62,15 @@ CANDIDATES = {
     ],
     # Gluon backward (hopper_bwd.py); ptxas (sm_90a, no GPU) at D128: dK/dV 128 x 128 spills 1.4 KB.
     "hopper_dkdv": [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (32, 128, 8, 3)],
+    # Gluon forward (hopper.py), swept with SIGCELL_HOPPER_FWD_DIMS=64,128 (D64 included).
+    "hopper_fwd": [
+        (128, 64, 4, 2),
+        (128, 128, 4, 2),
+        (64, 64, 4, 2),
+        (64, 128, 4, 2),
+        (64, 64, 4, 3),
+        (128, 64, 8, 2),
+    ],
     "hopper_fused": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (64, 128, 8, 3)],
     "hopper_dq": [
         (128, 64, 8, 2),
@@ -100,7 +110,7 @@ def time_config(kind, cfg, q, k, v, do, causal):
     """ms of one call (fwd) or of the whole backward (other kinds) with ``cfg`` forced for ``kind``."""
     interface.set_config_override(kind, cfg)
     try:
-        if kind == "fwd":
+        if kind in ("fwd", "hopper_fwd"):
             return bench(lambda: sigmoid_attn_func(q, k, v, causal=causal))
         out = sigmoid_attn_func(q, k, v, causal=causal)
         return bench(lambda: out.backward(do, retain_graph=True))
@@ -138,6 +148,7 @@ def main():
             # Each Gluon kernel is timed next to the other kernel in Triton; Triton kinds without Gluon.
             os.environ["SIGCELL_HOPPER_BWD"] = "1" if kind.startswith("hopper_") else "0"
             os.environ["SIGCELL_HOPPER_BWD_KERNELS"] = kind.removeprefix("hopper_")
+            os.environ["SIGCELL_HOPPER_FWD_DIMS"] = "64,128" if kind == "hopper_fwd" else "128"
             candidates = parse_configs(args.configs) if args.configs else candidates_for(kind, d)
             times = {cfg: [] for cfg in candidates}
             for _ in range(args.rounds):
@@ -150,7 +161,7 @@ def main():
             results = []
             for cfg, runs in times.items():
                 ms = statistics.median(runs)
-                tf = (1.0 if kind == "fwd" else 2.5) * flops / ms * 1e-9
+                tf = (1.0 if kind in ("fwd", "hopper_fwd") else 2.5) * flops / ms * 1e-9
                 results.append((ms, cfg))
                 rows.append(
                     dict(
@@ -174,7 +185,12 @@ def main():
                 best[(d, kind)] = cfg
                 interface.set_config_override(kind, cfg)  # later kinds are timed with the best so far
                 print(f"== D{d} {kind} best {cfg} {ms:.3f} ms", flush=True)
-        for name in ("SIGCELL_FUSED_BWD", "SIGCELL_HOPPER_BWD", "SIGCELL_HOPPER_BWD_KERNELS"):
+        for name in (
+            "SIGCELL_FUSED_BWD",
+            "SIGCELL_HOPPER_BWD",
+            "SIGCELL_HOPPER_BWD_KERNELS",
+            "SIGCELL_HOPPER_FWD_DIMS",
+        ):
             os.environ.pop(name, None)
         for kind in kinds:
             interface.set_config_override(kind, None)

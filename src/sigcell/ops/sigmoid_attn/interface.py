@@ -350,7 +350,7 @@ def _hopper_forward(
     from sigcell.ops.sigmoid_attn.hopper import sigmoid_attn_fwd_hopper_kernel
 
     n_seq, heads = bias.shape
-    block_m, block_n, warps, stages = _HOPPER_CONFIGS[q.shape[-1]]
+    block_m, block_n, warps, stages = _config_override.get("hopper_fwd") or _HOPPER_CONFIGS[q.shape[-1]]
     sigmoid_attn_fwd_hopper_kernel[(_cdiv(span, block_m), n_seq * heads)](
         _flat_descriptor(q, block_m),
         _flat_descriptor(k, block_n),
