@@ -11,6 +11,10 @@ its own warpgroup. Here every matmul is asynchronous and the kernels wait for on
 - dQ, per query block and key block (software-pipelined like the forward): issue ``S_j = Q K_j^T``,
   ``dP_j = dO V_j^T`` and ``dQ += dS_{j-1} K_{j-1}``; compute block j's ``dS`` while the tensor cores
   finish; then retire the previous block and refill its TMA stage.
+- Opt-in (``SIGCELL_HOPPER_BWD_KERNELS=fused``): the dK / dV kernel with FUSED also issues
+  ``dQ = dS K`` (dS^T through shared memory, read back transposed) and adds it to a float32 buffer with
+  atomics: 5 matmuls per block pair instead of 7, nondeterministic dQ, and measured slower than the
+  split pair on an H200 (benchmarks/NOTES.md, v14c).
 
 Both use the forward's conventions (kernels.py): logits in half units for ``tanh.approx``
 (``sigmoid(s) = 0.5 tanh(s / 2) + 0.5``), ``4 dS = dP (1 - t^2)`` with the 1/4 folded into the final
