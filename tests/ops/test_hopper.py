@@ -101,3 +101,56 @@ def test_hopper_dims_switches(monkeypatch):
 def test_cpu_tensors_never_take_the_hopper_path():
     q = torch.zeros(1, 64, 2, 128, dtype=torch.bfloat16)
     assert not interface._uses_hopper_forward(q, q, q, None, False, True, 2)
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
+    """The interface's Gluon launchers bind to their kernels' signatures (no GPU: the kernels are
+    replaced by a binder that records each launch's grid)."""
+    import inspect
+
+    from sigcell.ops.sigmoid_attn import hopper, hopper_bwd
+
+    launches = []
+
+    class Binder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                inspect.signature(self.kernel.fn).bind(*args, **kwargs)  # missing / unknown argument
+                launches.append((self.kernel.fn.__name__, grid))
+
+            return launch
+
+    for module, name in [
+        (hopper, "sigmoid_attn_fwd_hopper_kernel"),
+        (hopper_bwd, "sigmoid_attn_bwd_dkdv_hopper_kernel"),
+        (hopper_bwd, "sigmoid_attn_bwd_dq_hopper_kernel"),
+    ]:
+        monkeypatch.setattr(module, name, Binder(getattr(module, name)))
+    batch, rows, heads, kv_heads, dim = 2, 100, 4, 2, 128
+    q = torch.zeros(batch, rows, heads, dim, dtype=torch.bfloat16)
+    k = torch.zeros(batch, rows, kv_heads, dim, dtype=torch.bfloat16)
+    bias, key_bias = torch.zeros(batch, heads), torch.zeros(batch, rows)
+    lengths = tuple(torch.full((batch,), rows, dtype=torch.int32) for _ in range(4))
+    dk, dv, dkb = torch.empty_like(k), torch.empty_like(k), torch.zeros(kv_heads, batch, rows)
+    common = (bias, key_bias, *lengths, 0.1, True, varlen, rows, torch.empty_like(q))
+    interface._hopper_forward(q, k, k, *common)
+    interface._hopper_dkdv(q, k, k, q, dk, dv, dkb, bias, key_bias, lengths, 0.1, True, varlen, rows)
+    fused = interface._hopper_dkdv(
+        q, k, k, q, dk, dv, dkb, bias, key_bias, lengths, 0.1, True, varlen, rows, dq=torch.empty_like(q)
+    )
+    dbias = interface._hopper_dq(
+        q, k, k, q, torch.empty_like(q), bias, key_bias, lengths, 0.1, True, varlen, rows
+    )
+    assert [name for name, _ in launches] == [
+        "sigmoid_attn_fwd_hopper_kernel",
+        "sigmoid_attn_bwd_dkdv_hopper_kernel",
+        "sigmoid_attn_bwd_dkdv_hopper_kernel",
+        "sigmoid_attn_bwd_dq_hopper_kernel",
+    ]
+    # Grids: (query blocks, sequences x heads) or (key blocks, sequences x KV heads).
+    assert launches[0][1] == (1, batch * heads) and launches[1][1][1] == batch * kv_heads
+    assert fused.shape[0] == batch * heads and dbias.shape == (batch * heads, launches[3][1][0])

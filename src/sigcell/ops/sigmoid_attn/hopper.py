@@ -31,6 +31,30 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 
+@gluon.constexpr_function
+def _mma_layout(num_warps, n):
+    """Register layout of a wgmma result with ``n`` columns, the warps stacked along the rows (one
+    warpgroup per 64 rows)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
+
+
+@gluon.jit
+def _key_blocks(m0, len_q, len_k, BM: gl.constexpr, BN: gl.constexpr, CAUSAL: gl.constexpr):
+    """Key blocks of the query block at ``m0`` (as kernels._key_loop_bounds): ``n_blocks`` blocks of
+    keys ``[0, hi)``, the first ``n_full`` of which need no mask (every row sees every key); both 0 for
+    a block of padding rows. Also returns ``shift = len_k - len_q`` (the bottom-right causal diagonal)."""
+    shift = len_k - len_q
+    hi = len_k
+    full = len_k
+    if CAUSAL:
+        hi = gl.minimum(hi, m0 + BM + shift)
+        full = gl.minimum(full, m0 + shift + 1)
+    hi = gl.where(m0 < len_q, gl.maximum(hi, 0), 0)
+    n_blocks = gl.cdiv(hi, BN)
+    n_full = gl.minimum(gl.maximum(full, 0) // BN, n_blocks)
+    return shift, n_blocks, n_full
+
+
 @gluon.jit
 def _tanh(x):
     """``tanh.approx.f32``: one MUFU op (the special-function unit); max relative error about 2^-11."""
@@ -218,12 +242,8 @@ def sigmoid_attn_fwd_hopper_kernel(
     D: gl.constexpr = q_desc.block_type.shape[1]
     BN: gl.constexpr = k_desc.block_type.shape[0]
     dtype: gl.constexpr = q_desc.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BN, 16]
-    )
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, D, 16]
-    )
+    s_layout: gl.constexpr = _mma_layout(num_warps, BN)
+    o_layout: gl.constexpr = _mma_layout(num_warps, D)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
 
     i_m = gl.program_id(0)
@@ -242,15 +262,7 @@ def sigmoid_attn_fwd_hopper_kernel(
     m0 = i_m * BM
     if m0 >= store_rows:
         return
-    shift = len_k - len_q
-    hi = len_k  # keys [0, hi) in blocks; blocks below n_full need no mask
-    full = len_k
-    if CAUSAL:
-        hi = gl.minimum(hi, m0 + BM + shift)
-        full = gl.minimum(full, m0 + shift + 1)
-    hi = gl.where(m0 < len_q, gl.maximum(hi, 0), 0)
-    n_blocks = gl.cdiv(hi, BN)
-    n_full = gl.minimum(gl.maximum(full, 0) // BN, n_blocks)
+    shift, n_blocks, n_full = _key_blocks(m0, len_q, len_k, BM, BN, CAUSAL)
 
     row_q = i_b * rows_q + start_q + m0
     row_k = i_b * rows_k + start_k

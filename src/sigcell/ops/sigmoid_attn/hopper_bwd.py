@@ -40,7 +40,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from sigcell.ops.sigmoid_attn.hopper import _row_pointers, _store_rows, _tanh, _zero_rows_past
+from sigcell.ops.sigmoid_attn.hopper import (
+    _key_blocks,
+    _mma_layout,
+    _row_pointers,
+    _store_rows,
+    _tanh,
+    _zero_rows_past,
+)
 
 
 @gluon.jit
@@ -230,12 +237,8 @@ def sigmoid_attn_bwd_dkdv_hopper_kernel(
     BN: gl.constexpr = k_desc.block_type.shape[0]
     dtype: gl.constexpr = q_desc.dtype
     HKV: gl.constexpr = H // GROUP
-    st_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BM, 16]
-    )
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, D, 16]
-    )
+    st_layout: gl.constexpr = _mma_layout(num_warps, BM)
+    acc_layout: gl.constexpr = _mma_layout(num_warps, D)
 
     i_n = gl.program_id(0)
     i_bhk = gl.program_id(1)
@@ -502,12 +505,8 @@ def sigmoid_attn_bwd_dq_hopper_kernel(
     D: gl.constexpr = q_desc.block_type.shape[1]
     BN: gl.constexpr = k_desc.block_type.shape[0]
     dtype: gl.constexpr = q_desc.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BN, 16]
-    )
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, D, 16]
-    )
+    s_layout: gl.constexpr = _mma_layout(num_warps, BN)
+    acc_layout: gl.constexpr = _mma_layout(num_warps, D)
     op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
 
     i_m = gl.program_id(0)
@@ -526,15 +525,7 @@ def sigmoid_attn_bwd_dq_hopper_kernel(
     m0 = i_m * BM
     if m0 >= store_rows:
         return
-    shift = len_k - len_q
-    hi = len_k  # keys [0, hi) in blocks; blocks below n_full need no mask (as in the forward)
-    full = len_k
-    if CAUSAL:
-        hi = gl.minimum(hi, m0 + BM + shift)
-        full = gl.minimum(full, m0 + shift + 1)
-    hi = gl.where(m0 < len_q, gl.maximum(hi, 0), 0)
-    n_blocks = gl.cdiv(hi, BN)
-    n_full = gl.minimum(gl.maximum(full, 0) // BN, n_blocks)
+    shift, n_blocks, n_full = _key_blocks(m0, len_q, len_k, BM, BN, CAUSAL)  # as in the forward
 
     o_m = m0 + gl.arange(0, BM, layout=gl.SliceLayout(1, s_layout))
     dq = gl.zeros([BM, D], gl.float32, acc_layout)

@@ -367,6 +367,14 @@ def _hopper_forward(
         out.stride(1),
         *_key_bias_strides(key_bias, varlen),
         0.5 * scale,
+        **_hopper_constants(heads, k, key_bias, causal, varlen, stages, warps),
+    )
+    return out
+
+
+def _hopper_constants(heads, k, key_bias, causal, varlen, stages, warps) -> dict:
+    """Compile-time arguments every Gluon kernel takes (hopper.py, hopper_bwd.py)."""
+    return dict(
         H=heads,
         GROUP=heads // k.shape[2],
         CAUSAL=causal,
@@ -375,7 +383,6 @@ def _hopper_forward(
         STAGES=stages,
         num_warps=warps,
     )
-    return out
 
 
 def _hopper_bwd_config(kind: str, dim: int) -> tuple[int, int, int, int]:
@@ -425,14 +432,8 @@ def _hopper_dkdv(
         dq_acc.stride(1) if fused else 0,
         num_n,
         scale,
-        H=heads,
-        GROUP=heads // kv_heads,
-        CAUSAL=causal,
-        HAS_KEY_BIAS=key_bias is not None,
-        STORE_ALL_ROWS=not varlen,
-        STAGES=stages,
         FUSED=fused,
-        num_warps=warps,
+        **_hopper_constants(heads, k, key_bias, causal, varlen, stages, warps),
     )
     if not fused:
         return None
@@ -465,13 +466,7 @@ def _hopper_dq(q, k, v, dout, dq, bias, key_bias, lengths, scale, causal, varlen
         *_key_bias_strides(key_bias, varlen),
         num_m,
         scale,
-        H=heads,
-        GROUP=heads // k.shape[2],
-        CAUSAL=causal,
-        HAS_KEY_BIAS=key_bias is not None,
-        STORE_ALL_ROWS=not varlen,
-        STAGES=stages,
-        num_warps=warps,
+        **_hopper_constants(heads, k, key_bias, causal, varlen, stages, warps),
     )
     return dbias_part
 
