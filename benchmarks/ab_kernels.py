@@ -51,7 +51,9 @@ def activate(module, env: dict[str, str]) -> None:
         os.environ[name] = value
 
 
-def time_shape(versions: dict, envs: dict, d: int, L: int, causal: bool, rounds: int) -> list[dict]:
+def time_shape(
+    versions: dict, envs: dict, d: int, L: int, causal: bool, rounds: int, modes: tuple[str, ...]
+) -> list[dict]:
     """fwd and bwd TFLOPS of each version at one paper shape (median of interleaved rounds)."""
     from sigcell import sigmoid_attn_func
 
@@ -67,11 +69,13 @@ def time_shape(versions: dict, envs: dict, d: int, L: int, causal: bool, rounds:
     def fwd():
         return sigmoid_attn_func(q, k, v, causal=causal)
 
-    times = {(ver, mode): [] for ver in versions for mode in ("fwd", "bwd")}
+    times = {(ver, mode): [] for ver in versions for mode in modes}
     for _ in range(rounds):
         for ver, module in versions.items():
             activate(module, envs[ver])
             times[(ver, "fwd")].append(triton.testing.do_bench(fwd, warmup=25, rep=100))
+            if "bwd" not in modes:
+                continue
             out = fwd()
 
             def bwd(out=out):
@@ -82,6 +86,8 @@ def time_shape(versions: dict, envs: dict, d: int, L: int, causal: bool, rounds:
     activate(versions["B"], envs["B"])
     rows = []
     for mode, mult in (("fwd", 1.0), ("bwd", 2.5)):
+        if mode not in modes:
+            continue
         tf = {ver: mult * flops / statistics.median(times[(ver, mode)]) * 1e-9 for ver in versions}
         rows.append(dict(D=d, L=L, B=B, H=H, causal=causal, mode=mode, tflops_a=tf["A"], tflops_b=tf["B"]))
         ratio = tf["B"] / tf["A"]
@@ -97,6 +103,7 @@ def main() -> None:
     ap.add_argument("--d", default="64,128")
     ap.add_argument("--l", default="1024,4096,16384")
     ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--modes", default="fwd,bwd", help="fwd,bwd or fwd (the forward alone)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved A/B rounds per shape (median kept)")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     args = ap.parse_args()
@@ -115,7 +122,7 @@ def main() -> None:
     rows = []
     for d in map(int, args.d.split(",")):
         for L in map(int, args.l.split(",")):
-            rows += time_shape(versions, envs, d, L, args.causal, args.rounds)
+            rows += time_shape(versions, envs, d, L, args.causal, args.rounds, tuple(args.modes.split(",")))
             torch.cuda.empty_cache()
     os.makedirs(args.out, exist_ok=True)
     result = dict(
