@@ -242,50 +242,6 @@ def test_extreme_logits(logit_scale, fast_sigmoid):
             assert (got - ref).norm().item() <= 1e-2 * ref.norm().item() + 1e-3
 
 
-MIXED_GRID = list(itertools.product([4, 8], ["triton", "gluon"], [False, True], [64, 128]))
-
-
-def _forward_kernel(kernel, monkeypatch):
-    """Route the forward to the Triton kernel or (D64 / D128 on sm_90) the Gluon one; returns the spy
-    of the Gluon launches (None for Triton)."""
-    if kernel == "gluon":
-        return _hopper_calls(monkeypatch)
-    monkeypatch.setenv("SIGCELL_HOPPER_FWD", "0")
-    return None
-
-
-@pytest.mark.parametrize(("every", "kernel", "causal", "dim"), MIXED_GRID)
-def test_mixed_sigmoid_forward_matches_reference(every, kernel, causal, dim, monkeypatch):
-    """SIGCELL_MIXED_SIGMOID=N: 1 score in N through the FMA-pipe sigmoid (fast_sigmoid.py)."""
-    calls = _forward_kernel(kernel, monkeypatch)
-    monkeypatch.setenv("SIGCELL_MIXED_SIGMOID", str(every))
-    index = MIXED_GRID.index((every, kernel, causal, dim))
-    case = make_case(
-        8600 + index, layout="varlen" if causal else "padded", batch=4, lq=1000, lk=1000 if causal else 977,
-        heads=8, kv_heads=2, dim=dim, causal=causal, key_bias=bool(index % 2), device="cuda",
-    )
-    _check(case, torch.bfloat16)
-    assert calls is None or calls["forward"], "the Gluon forward did not run"
-
-
-@pytest.mark.parametrize("kernel", ["triton", "gluon"])
-@pytest.mark.parametrize("logit_scale", [1e4, -1e4, 30.0])
-def test_mixed_sigmoid_extreme_logits(logit_scale, kernel, monkeypatch):
-    """Logits far past the FMA-pipe sigmoid's clamp (|s| > 44) and around it: finite and accurate."""
-    calls = _forward_kernel(kernel, monkeypatch)
-    monkeypatch.setenv("SIGCELL_MIXED_SIGMOID", "4")
-    case = rounded(
-        make_case(7250, lq=700, dim=64, logit_scale=logit_scale, causal=True, device="cuda"), torch.bfloat16
-    )
-    with interface.poison_outputs():
-        out, _ = run(case, torch.bfloat16)
-    with interface.plain_pytorch():
-        ref_out, _ = run(case, torch.float64)
-    assert torch.isfinite(out).all()
-    assert rel_err(out, ref_out) < 1e-2
-    assert calls is None or calls["forward"], "the Gluon forward did not run"
-
-
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_fast_and_accurate_sigmoid_both_meet_bounds(dtype):
     case = make_case(7300, batch=4, lq=2048, heads=4, kv_heads=4, dim=64, device="cuda")

@@ -247,30 +247,3 @@ def test_backward_kernels_taken(fused, monkeypatch):
         assert launched == [("sigmoid_attn_bwd_dkdv_kernel", True)]
     else:
         assert launched == [("sigmoid_attn_bwd_dkdv_kernel", False), ("sigmoid_attn_bwd_dq_kernel", None)]
-
-
-@pytest.mark.parametrize("every", [4, 8])
-@pytest.mark.parametrize(("dtype", "causal", "layout"), [("bf16", False, "padded"), ("fp16", True, "varlen")])
-def test_mixed_sigmoid_forward_matches_reference(every, dtype, causal, layout, monkeypatch):
-    """SIGCELL_MIXED_SIGMOID=N: the interpreter runs the FMA-pipe sigmoid (fast_sigmoid.py) on every
-    score, so the whole forward checks its algebra against float64."""
-    monkeypatch.setenv("SIGCELL_MIXED_SIGMOID", str(every))
-    case = grid_case(1100, every, causal, layout, (4, 2), 64, lq=37, lk=45)
-    _check(case, DTYPES[dtype])
-
-
-@pytest.mark.parametrize("logit_scale", [1e4, -1e4, 30.0])
-def test_mixed_sigmoid_extreme_logits(logit_scale, monkeypatch):
-    """Logits far past the polynomial's clamp (|s| > 44) and around it stay finite and accurate."""
-    monkeypatch.setenv("SIGCELL_MIXED_SIGMOID", "4")
-    case = rounded(make_case(3250, lq=19, logit_scale=logit_scale, key_bias=True), torch.float16)
-    out = _triton(case, torch.float16)[0]
-    ref_out = run(case, torch.float64)[0]
-    assert torch.isfinite(out).all()
-    assert rel_err(out, ref_out) < 1e-2
-
-
-def test_mixed_sigmoid_switch_is_checked(monkeypatch):
-    monkeypatch.setenv("SIGCELL_MIXED_SIGMOID", "3")
-    with pytest.raises(ValueError, match="SIGCELL_MIXED_SIGMOID must be 0 or one of"):
-        _triton(make_case(3260, lq=5), torch.float16)

@@ -30,8 +30,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from sigcell.ops.sigmoid_attn import fast_sigmoid
-
 
 @gluon.constexpr_function
 def _mma_layout(num_warps, n):
@@ -65,28 +63,6 @@ def _tanh(x):
     )
 
 
-_MIXED_ASM_4 = gl.constexpr(fast_sigmoid.mixed_sigmoid_asm(4))
-_MIXED_ASM_8 = gl.constexpr(fast_sigmoid.mixed_sigmoid_asm(8))
-_MIXED_CONSTRAINTS_4 = gl.constexpr(fast_sigmoid.mixed_sigmoid_constraints(4))
-_MIXED_CONSTRAINTS_8 = gl.constexpr(fast_sigmoid.mixed_sigmoid_constraints(8))
-
-
-@gluon.jit
-def _sigmoid_of_half(x, MIXED_EVERY: gl.constexpr):
-    """``sigmoid(2 x)``: ``0.5 tanh(x) + 0.5`` (one MUFU op), or with MIXED_EVERY = N, 1 score in N
-    through the FMA pipe instead (fast_sigmoid.py)."""
-    if MIXED_EVERY == 4:
-        return gl.inline_asm_elementwise(
-            _MIXED_ASM_4, _MIXED_CONSTRAINTS_4, [x], dtype=gl.float32, is_pure=True, pack=4
-        )
-    elif MIXED_EVERY == 8:
-        return gl.inline_asm_elementwise(
-            _MIXED_ASM_8, _MIXED_CONSTRAINTS_8, [x], dtype=gl.float32, is_pure=True, pack=8
-        )
-    else:
-        return 0.5 * _tanh(x) + 0.5
-
-
 @gluon.jit
 def _p_block(
     s,
@@ -101,7 +77,6 @@ def _p_block(
     HAS_KEY_BIAS: gl.constexpr,
     MASK: gl.constexpr,
     CAUSAL: gl.constexpr,
-    MIXED_EVERY: gl.constexpr,
     dtype: gl.constexpr,
     p_layout: gl.constexpr,
 ):
@@ -113,7 +88,8 @@ def _p_block(
         x = s * scale_half + (bias_half + 0.5 * kb)[None, :]
     else:
         x = s * scale_half + bias_half
-    p = _sigmoid_of_half(x, MIXED_EVERY)
+    t = _tanh(x)
+    p = 0.5 * t + 0.5
     if MASK:
         keep = (o_n < len_k)[None, :]
         if CAUSAL:
@@ -173,7 +149,6 @@ def _step(
     HAS_KEY_BIAS: gl.constexpr,
     MASK: gl.constexpr,
     CAUSAL: gl.constexpr,
-    MIXED_EVERY: gl.constexpr,
     STAGES: gl.constexpr,
 ):
     """One iteration of the software pipeline: issue ``S_j = Q K_j^T`` and ``acc += P_{j-1} V_{j-1}``,
@@ -202,7 +177,6 @@ def _step(
         HAS_KEY_BIAS,
         MASK,
         CAUSAL,
-        MIXED_EVERY,
         dtype,
         p_layout,
     )
@@ -260,7 +234,6 @@ def sigmoid_attn_fwd_hopper_kernel(
     HAS_KEY_BIAS: gl.constexpr,
     STORE_ALL_ROWS: gl.constexpr,
     STAGES: gl.constexpr,
-    MIXED_EVERY: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """One program per (query block, sequence x head). ``rows_q`` / ``rows_k``: rows per sequence slot
@@ -334,7 +307,6 @@ def sigmoid_attn_fwd_hopper_kernel(
             HAS_KEY_BIAS,
             True,
             CAUSAL,
-            MIXED_EVERY,
             dtype,
             p_layout,
         )
@@ -363,7 +335,6 @@ def sigmoid_attn_fwd_hopper_kernel(
                 HAS_KEY_BIAS,
                 False,
                 CAUSAL,
-                MIXED_EVERY,
                 STAGES,
             )
         for j in range(gl.maximum(n_full, 1), n_blocks):
@@ -391,7 +362,6 @@ def sigmoid_attn_fwd_hopper_kernel(
                 HAS_KEY_BIAS,
                 True,
                 CAUSAL,
-                MIXED_EVERY,
                 STAGES,
             )
         last = n_blocks - 1
@@ -441,7 +411,6 @@ def compile_sm90(
     padded: bool = True,
     heads: int = 8,
     group: int = 1,
-    mixed_every: int = 0,
 ):
     """The forward compiled for sm_90a without a GPU (:func:`compile_for_sm90`) with the launch
     configuration the interface uses for ``dim``; returns the compiled kernel (``.asm["ptx"]``,
@@ -463,7 +432,6 @@ def compile_sm90(
         "HAS_KEY_BIAS": key_bias,
         "STORE_ALL_ROWS": padded,
         "STAGES": stages,
-        "MIXED_EVERY": mixed_every,
         "num_warps": warps,
     }
     blocks = {"q_desc": block_m, "k_desc": block_n, "v_desc": block_n}

@@ -173,27 +173,6 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-# Forward sigmoids that send 1 score in N through the FMA pipe instead of MUFU (fast_sigmoid.py);
-# SIGCELL_MIXED_SIGMOID=N picks N (0: every score on MUFU).
-_MIXED_SIGMOID_DEFAULT = "0"
-
-
-def _mixed_sigmoid_every() -> int:
-    from sigcell.ops.sigmoid_attn.fast_sigmoid import MIXED_EVERY
-
-    value = os.environ.get("SIGCELL_MIXED_SIGMOID", _MIXED_SIGMOID_DEFAULT)
-    if value not in ("0", *map(str, MIXED_EVERY)):
-        msg = f"SIGCELL_MIXED_SIGMOID must be 0 or one of {MIXED_EVERY}, got {value!r}"
-        raise ValueError(msg)
-    return int(value)
-
-
-def _sigmoid_mode(fast_sigmoid: bool) -> int:
-    """The kernels' FAST_SIGMOID: 0 exact, 1 tanh.approx, N >= 2 mixed (1 score in N on the FMA pipe;
-    the forward's sigmoid only, the backward takes the tanh path for any non-zero mode)."""
-    return (_mixed_sigmoid_every() or 1) if fast_sigmoid else 0
-
-
 def _common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid) -> dict:
     return {
         "HEAD_DIM": q.shape[-1],
@@ -201,7 +180,7 @@ def _common_flags(q, key_bias, slopes, causal, varlen, fast_sigmoid) -> dict:
         "HAS_KEY_BIAS": key_bias is not None,
         "HAS_ALIBI": slopes is not None,
         "STORE_ALL_ROWS": not varlen,
-        "FAST_SIGMOID": _sigmoid_mode(fast_sigmoid),
+        "FAST_SIGMOID": fast_sigmoid,
         "DOT_PRECISION": _dot_precision(q.dtype),
         "EMULATE_BF16": _interpreting() and q.dtype == torch.bfloat16,
     }
@@ -388,7 +367,6 @@ def _hopper_forward(
         out.stride(1),
         *_key_bias_strides(key_bias, varlen),
         0.5 * scale,
-        MIXED_EVERY=_mixed_sigmoid_every(),
         **_hopper_constants(heads, k, key_bias, causal, varlen, stages, warps),
     )
     return out

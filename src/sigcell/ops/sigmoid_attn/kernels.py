@@ -21,17 +21,6 @@ import os
 import triton
 import triton.language as tl
 
-from sigcell.ops.sigmoid_attn import fast_sigmoid
-
-_K = tl.constexpr(fast_sigmoid.NEG_TWO_LOG2E)
-_MAGIC = tl.constexpr(fast_sigmoid.ROUND_MAGIC)
-_CLAMP = tl.constexpr(fast_sigmoid.X_CLAMP)
-_C0, _C1, _C2, _C3 = (tl.constexpr(c) for c in fast_sigmoid.EXP2_CUBIC)
-_MIXED_ASM_4 = tl.constexpr(fast_sigmoid.mixed_sigmoid_asm(4))
-_MIXED_ASM_8 = tl.constexpr(fast_sigmoid.mixed_sigmoid_asm(8))
-_MIXED_CONSTRAINTS_4 = tl.constexpr(fast_sigmoid.mixed_sigmoid_constraints(4))
-_MIXED_CONSTRAINTS_8 = tl.constexpr(fast_sigmoid.mixed_sigmoid_constraints(8))
-
 if os.environ.get("TRITON_INTERPRET") == "1":
 
     @triton.jit
@@ -41,20 +30,6 @@ if os.environ.get("TRITON_INTERPRET") == "1":
         x = tl.minimum(tl.maximum(x, -20.0), 20.0)  # tanh is +-1 in float32 long before; exp stays finite
         return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
 
-    @triton.jit
-    def _mixed_sigmoid(x, EVERY: tl.constexpr):
-        # The FMA-pipe half of the mixed sigmoid (fast_sigmoid.py) for every score, step for step in
-        # float32, so that CPU tests bound its error; the GPU sends 1 score in EVERY through it.
-        x = tl.minimum(tl.maximum(x, -_CLAMP), _CLAMP)
-        j = x * _K + _MAGIC
-        f = x * _K - (j - _MAGIC)
-        p = ((_C3 * f + _C2) * f + _C1) * f + _C0
-        bits = p.to(tl.int32, bitcast=True) + (j.to(tl.int32, bitcast=True) << 23)
-        neg_d = -1.0 - bits.to(tl.float32, bitcast=True)
-        r = (0x7EF311C3 - (-neg_d).to(tl.int32, bitcast=True)).to(tl.float32, bitcast=True)
-        r = r + r * (1.0 + neg_d * r)
-        return r + r * (1.0 + neg_d * r)
-
 else:
 
     @triton.jit
@@ -63,18 +38,6 @@ else:
         return tl.inline_asm_elementwise(
             "tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
         )
-
-    @triton.jit
-    def _mixed_sigmoid(x, EVERY: tl.constexpr):
-        # sigmoid(2 x) with 1 score in EVERY on the FMA pipe, the others on MUFU (fast_sigmoid.py).
-        if EVERY == 4:
-            return tl.inline_asm_elementwise(
-                _MIXED_ASM_4, _MIXED_CONSTRAINTS_4, [x], dtype=tl.float32, is_pure=True, pack=4
-            )
-        else:
-            return tl.inline_asm_elementwise(
-                _MIXED_ASM_8, _MIXED_CONSTRAINTS_8, [x], dtype=tl.float32, is_pure=True, pack=8
-            )
 
 
 @triton.jit
@@ -90,9 +53,7 @@ def _logit_units(x, FAST: tl.constexpr):
 @triton.jit
 def _sigmoid(x, FAST: tl.constexpr):
     """sigmoid of the logit ``s``, from ``x`` in kernel units (:func:`_logit_units`)."""
-    if FAST >= 2:  # a mixed sigmoid: 1 score in FAST through the FMA pipe (fast_sigmoid.py)
-        return _mixed_sigmoid(x, FAST)
-    elif FAST:
+    if FAST:
         # sigmoid(s) = 0.5 * tanh(s / 2) + 0.5 with x = s / 2: one MUFU op per score on the GPU.
         t = _tanh(x)
         return 0.5 * t + 0.5
