@@ -4,7 +4,7 @@ B = 16384 / L, H = 2048 / D) and print the best per head dim. Results go to JSON
 Usage: PYTHONPATH=src python3 benchmarks/sweep_configs.py [--out DIR] [--dims 64,128,256] [--L 4096]
        [--kinds fwd,dkdv,dq,fused,hopper_fwd,hopper_dkdv,hopper_dq,hopper_fused]
        (fused: the opt-in fused backward, timed with SIGCELL_FUSED_BWD=1; hopper_fwd: the Gluon forward,
-       D64 included; hopper_dkdv / hopper_dq: a Gluon backward kernel on sm_90, timed with the other
+       D64 and D256 included; hopper_dkdv / hopper_dq: a Gluon backward kernel on sm_90, timed with the other
        backward kernel in Triton; hopper_fused: the opt-in one-kernel Gluon backward;
        dkdv / dq time the Triton kernels with the Gluon backward off)
        [--causal] [--configs 'M,N,W,S;...'] [--rounds R]   (R interleaved passes; medians kept)
@@ -90,6 +90,15 @@ CANDIDATES_D256 = {
     "dkdv": [(32, 32, 4, 1), (32, 64, 8, 1), (64, 32, 8, 1), (64, 64, 8, 1), (32, 32, 8, 1)],
     "dq": [(64, 64, 4, 2), (128, 32, 8, 2), (64, 64, 8, 1), (128, 64, 8, 1), (64, 32, 4, 2)],
     "fused": [(32, 32, 8, 1), (32, 64, 8, 1), (64, 32, 8, 1)],
+    # ptxas (sm_90a, no GPU): 197-247 registers, no spills; 64 x 128 / 4 spills 1.1 KB.
+    "hopper_fwd": [
+        (64, 64, 4, 2),
+        (64, 32, 4, 3),
+        (64, 64, 4, 3),
+        (64, 32, 4, 4),
+        (128, 64, 8, 2),
+        (128, 32, 8, 2),
+    ],
 }
 
 
@@ -148,7 +157,7 @@ def main():
             # Each Gluon kernel is timed next to the other kernel in Triton; Triton kinds without Gluon.
             os.environ["SIGCELL_HOPPER_BWD"] = "1" if kind.startswith("hopper_") else "0"
             os.environ["SIGCELL_HOPPER_BWD_KERNELS"] = kind.removeprefix("hopper_")
-            os.environ["SIGCELL_HOPPER_FWD_DIMS"] = "64,128" if kind == "hopper_fwd" else "128"
+            os.environ["SIGCELL_HOPPER_FWD_DIMS"] = "64,128,256" if kind == "hopper_fwd" else "128"
             candidates = parse_configs(args.configs) if args.configs else candidates_for(kind, d)
             times = {cfg: [] for cfg in candidates}
             for _ in range(args.rounds):

@@ -40,13 +40,13 @@ def test_kernels_match_reference(dtype, causal, layout, heads, dim, monkeypatch)
 
 
 def _hopper_calls(monkeypatch) -> dict[str, list]:
-    """Route D64 and D128 to the Gluon forward and backward and record their launches (skips off
-    sm_90): kernel name -> shapes of q it ran on."""
+    """Route D64 and D128 to the Gluon forward and backward, D256 to the Gluon forward, and record their
+    launches (skips off sm_90): kernel name -> shapes of q it ran on."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the Gluon kernels need an sm_90 GPU (H100 / H200)")
     for name in ("HOPPER_FWD", "HOPPER_BWD", "HOPPER_BWD_KERNELS", "FUSED_BWD"):
         monkeypatch.delenv(f"SIGCELL_{name}", raising=False)
-    monkeypatch.setenv("SIGCELL_HOPPER_FWD_DIMS", "64,128")
+    monkeypatch.setenv("SIGCELL_HOPPER_FWD_DIMS", "64,128,256")
     calls = {"forward": [], "dkdv": [], "dq": []}
     for kernel in calls:
         launch = getattr(interface, f"_hopper_{kernel}")
@@ -83,6 +83,23 @@ def test_hopper_forward_matches_reference(dtype, causal, layout, heads, dim, key
     assert _all_ran(calls), f"a Gluon kernel did not run: {calls}"
 
 
+HOPPER_D256_GRID = list(itertools.product(["bf16", "fp16"], [False, True], ["padded", "varlen"]))
+
+
+@pytest.mark.parametrize(("dtype", "causal", "layout"), HOPPER_D256_GRID)
+def test_hopper_forward_d256_matches_reference(dtype, causal, layout, monkeypatch):
+    """The Gluon forward at D256 (its backward stays on the Triton kernels)."""
+    calls = _hopper_calls(monkeypatch)
+    index = HOPPER_D256_GRID.index((dtype, causal, layout))
+    case = make_case(
+        8400 + index, layout=layout, batch=3, lq=700 if causal else 731, lk=731 if causal else 677,
+        heads=4, kv_heads=2, dim=256, causal=causal, key_bias=bool(index % 2),
+        bias_mode=("none", "float", "tensor")[index % 3], device="cuda",
+    )
+    _check(case, DTYPES[dtype])
+    assert calls["forward"] and not calls["dkdv"], calls
+
+
 @pytest.mark.parametrize("layout", ["padded", "varlen"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("key_bias", [False, True])
@@ -96,6 +113,13 @@ def test_hopper_forward_edges(layout, causal, key_bias, monkeypatch):
     )
     _check(case, torch.bfloat16)
     assert _all_ran(calls), f"a Gluon kernel did not run: {calls}"
+    # D256: the same edges through the Gluon forward (64-row query blocks).
+    case = make_case(
+        8150 + 2 * causal + key_bias, layout=layout, lq=200, lk=200, lens_q=[1, 0, 200, 0, 65, 64, 129],
+        lens_k=[1, 0, 0, 200, 77, 63, 128], heads=2, kv_heads=1, dim=256, causal=causal, key_bias=key_bias,
+        device="cuda",
+    )
+    _check(case, torch.bfloat16)
 
 
 FUSED_HOPPER_GRID = list(itertools.product(["bf16", "fp16"], [False, True], ["padded", "varlen"], [64, 128]))

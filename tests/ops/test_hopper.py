@@ -14,7 +14,12 @@ from sigcell.ops.sigmoid_attn import interface
 
 @pytest.mark.parametrize(
     ("dim", "dtype", "causal", "key_bias", "padded"),
-    [(128, "bf16", False, False, True), (128, "fp16", True, True, False), (64, "bf16", True, False, False)],
+    [
+        (128, "bf16", False, False, True),
+        (128, "fp16", True, True, False),
+        (64, "bf16", True, False, False),
+        (256, "bf16", True, True, True),
+    ],
 )
 def test_compiles_for_sm90_with_overlapped_wgmma(dim, dtype, causal, key_bias, padded):
     from sigcell.ops.sigmoid_attn.hopper import compile_sm90
