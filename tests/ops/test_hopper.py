@@ -44,6 +44,11 @@ def test_compiles_for_sm90_with_overlapped_wgmma(dim, dtype, causal, key_bias, p
         ("dq", 64, "fp16", False, False, True, {2: 2, 1: 3, 0: 4}),
         # fused (opt-in): the dK/dV schedule plus dQ = dS K from shared memory, retired with dK and dV.
         ("fused", 64, "bf16", True, True, False, {1: 6, 0: 3}),
+        # D256 parts: dK alone waits for S^T with dP^T in flight, then for dP^T and dK; dV alone has no
+        # second matmul to overlap (S^T, then dV).
+        ("dk", 256, "bf16", True, True, False, {1: 3, 0: 6}),
+        ("dv", 256, "fp16", True, False, True, {1: 0, 0: 6}),
+        ("dq", 256, "bf16", False, True, True, {2: 2, 1: 3, 0: 4}),
     ],
 )
 def test_backward_compiles_for_sm90_with_overlapped_wgmma(kind, dim, dtype, causal, key_bias, padded, waits):
@@ -69,6 +74,16 @@ def test_hopper_backward_switches(monkeypatch):
     assert interface._hopper_bwd_kernels(q, q, q, q, None, False, True, 2) == {"dq"}
     monkeypatch.setenv("SIGCELL_HOPPER_BWD_KERNELS", "fused")
     assert interface._hopper_bwd_kernels(q, q, q, q, None, False, True, 2) == {"fused"}
+    q256 = torch.zeros(1, 64, 2, 256, dtype=torch.bfloat16)
+    assert interface._hopper_bwd_kernels(q256, q256, q256, q256, None, False, True, 2) == set()  # not D256
+    monkeypatch.setenv("SIGCELL_HOPPER_BWD_DIMS", "64,128,256")
+    assert interface._hopper_bwd_kernels(q256, q256, q256, q256, None, False, True, 2) == set()  # no fused
+    monkeypatch.delenv("SIGCELL_HOPPER_BWD_KERNELS")
+    assert interface._hopper_bwd_kernels(q256, q256, q256, q256, None, False, True, 2) == {"dkdv", "dq"}
+    monkeypatch.setenv("SIGCELL_HOPPER_BWD_DIMS", "64")
+    assert interface._hopper_bwd_kernels(q, q, q, q, None, False, True, 2) == set()
+    monkeypatch.delenv("SIGCELL_HOPPER_BWD_DIMS")
+    monkeypatch.setenv("SIGCELL_HOPPER_BWD_KERNELS", "fused")
     monkeypatch.setenv("SIGCELL_HOPPER_BWD", "0")
     assert interface._hopper_bwd_kernels(q, q, q, q, None, False, True, 2) == set()
     monkeypatch.delenv("SIGCELL_HOPPER_BWD")
@@ -125,7 +140,8 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
                 inspect.signature(self.kernel.fn).bind(*args, **kwargs)  # missing / unknown argument
-                launches.append((self.kernel.fn.__name__, grid))
+                parts = (kwargs.get("WITH_DK"), kwargs.get("WITH_DV"))
+                launches.append((self.kernel.fn.__name__, grid, parts))
 
             return launch
 
@@ -150,12 +166,23 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
     dbias = interface._hopper_dq(
         q, k, k, q, torch.empty_like(q), bias, key_bias, lengths, 0.1, True, varlen, rows
     )
-    assert [name for name, _ in launches] == [
+    # D256: dV and dK in one launch each.
+    wide = [torch.zeros(*t.shape[:-1], 256, dtype=torch.bfloat16) for t in (q, k)]
+    interface._hopper_dkdv(
+        wide[0], wide[1], wide[1], wide[0], torch.empty_like(wide[1]), torch.empty_like(wide[1]), dkb, bias,
+        key_bias, lengths, 0.1, True, varlen, rows,
+    )  # fmt: skip
+    assert [name for name, _, _ in launches] == [
         "sigmoid_attn_fwd_hopper_kernel",
         "sigmoid_attn_bwd_dkdv_hopper_kernel",
         "sigmoid_attn_bwd_dkdv_hopper_kernel",
         "sigmoid_attn_bwd_dq_hopper_kernel",
+        "sigmoid_attn_bwd_dkdv_hopper_kernel",
+        "sigmoid_attn_bwd_dkdv_hopper_kernel",
     ]
+    assert [parts for *_, parts in launches[1:]] == [
+        (True, True), (True, True), (None, None), (False, True), (True, False)
+    ]  # fmt: skip
     # Grids: (query blocks, sequences x heads) or (key blocks, sequences x KV heads).
     assert launches[0][1] == (1, batch * heads) and launches[1][1][1] == batch * kv_heads
     assert fused.shape[0] == batch * heads and dbias.shape == (batch * heads, launches[3][1][0])

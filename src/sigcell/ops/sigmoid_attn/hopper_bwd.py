@@ -119,11 +119,14 @@ def _dkdv_step(
     CAUSAL: gl.constexpr,
     STAGES: gl.constexpr,
     FUSED: gl.constexpr,
+    WITH_DK: gl.constexpr,
+    WITH_DV: gl.constexpr,
     num_warps: gl.constexpr,
 ):
-    """One query block's contribution to dK, dV and the per-key sums of 4 dS (rows = keys). FUSED also
-    adds the block's ``4 dS K`` to the float32 dQ rows at ``dq_base`` (atomics; dS^T goes through shared
-    memory to be the transposed A operand)."""
+    """One query block's contribution to dK, dV and the per-key sums of 4 dS (rows = keys); WITH_DK /
+    WITH_DV false skip a part (and its matmuls). FUSED (both parts) also adds the block's ``4 dS K`` to
+    the float32 dQ rows at ``dq_base`` (atomics; dS^T goes through shared memory to be the transposed A
+    operand)."""
     BM: gl.constexpr = q_desc.block_type.shape[0]
     dtype: gl.constexpr = q_desc.dtype
     st_layout: gl.constexpr = st_zero.type.layout
@@ -137,25 +140,34 @@ def _dkdv_step(
             _zero_rows_past(q_tile, m0, len_q, num_warps)
             _zero_rows_past(do_tile, m0, len_q, num_warps)
     s_tok = warpgroup_mma(k_smem, q_tile.permute((1, 0)), st_zero, use_acc=False, is_async=True)
-    dp_tok = warpgroup_mma(v_smem, do_tile.permute((1, 0)), st_zero, use_acc=False, is_async=True)
-    s = warpgroup_mma_wait(1, deps=(s_tok,))
+    if WITH_DK:
+        dp_tok = warpgroup_mma(v_smem, do_tile.permute((1, 0)), st_zero, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(1, deps=(s_tok,))
+    else:
+        s = warpgroup_mma_wait(0, deps=(s_tok,))
     t = _tanh(s * scale_half + row_bias_half[:, None])
-    p = 0.5 * t + 0.5
     if MASK:
         o_m = m0 + gl.arange(0, BM, layout=gl.SliceLayout(0, st_layout))
         keep = (o_m < len_q)[None, :]
         if CAUSAL:
             keep = keep & (o_n[:, None] <= o_m[None, :] + shift)
-        p = gl.where(keep, p, 0.0)
-    p_op = gl.convert_layout(p.to(dtype), a_layout)
-    dv_tok = warpgroup_mma(p_op, do_tile, dv, is_async=True)
-    dp = warpgroup_mma_wait(1, deps=(dp_tok,))
-    ds = dp * (1.0 - t * t)  # 4 dS^T
-    if MASK:
-        ds = gl.where(keep, ds, 0.0)
-    dkb += _row_sums(ds)
-    ds_op = gl.convert_layout(ds.to(dtype), a_layout)
-    dk_tok = warpgroup_mma(ds_op, q_tile, dk, is_async=True)
+    if WITH_DV:
+        p = 0.5 * t + 0.5
+        if MASK:
+            p = gl.where(keep, p, 0.0)
+        p_op = gl.convert_layout(p.to(dtype), a_layout)
+        dv_tok = warpgroup_mma(p_op, do_tile, dv, is_async=True)
+    if WITH_DK:
+        if WITH_DV:  # noqa: SIM108 (constexpr branch: the wait count must be a constant)
+            dp = warpgroup_mma_wait(1, deps=(dp_tok,))
+        else:
+            dp = warpgroup_mma_wait(0, deps=(dp_tok,))
+        ds = dp * (1.0 - t * t)  # 4 dS^T
+        if MASK:
+            ds = gl.where(keep, ds, 0.0)
+        dkb += _row_sums(ds)
+        ds_op = gl.convert_layout(ds.to(dtype), a_layout)
+        dk_tok = warpgroup_mma(ds_op, q_tile, dk, is_async=True)
     if FUSED:
         D: gl.constexpr = q_desc.block_type.shape[1]
         dq_warps_m: gl.constexpr = min(num_warps, BM // 16)
@@ -171,8 +183,12 @@ def _dkdv_step(
         dq_tok = warpgroup_mma(ds_smem.permute((1, 0)), k_smem, dq_zero, use_acc=False, is_async=True)
         dk, dv, p_op, ds_op, dq = warpgroup_mma_wait(0, deps=(dk_tok, dv_tok, p_op, ds_op, dq_tok))
         _add_rows(dq_base, m0, stride_dqt, dq, len_q, num_warps)
-    else:
+    elif WITH_DK and WITH_DV:
         dk, dv, p_op, ds_op = warpgroup_mma_wait(0, deps=(dk_tok, dv_tok, p_op, ds_op))
+    elif WITH_DK:
+        dk, ds_op = warpgroup_mma_wait(0, deps=(dk_tok, ds_op))
+    else:
+        dv, p_op = warpgroup_mma_wait(0, deps=(dv_tok, p_op))
     _load_query_block(
         q_desc, do_desc, q_smem, do_smem, bars, it + STAGES, n_iter, first, n_blocks, row_q, head0, STAGES
     )
@@ -223,10 +239,14 @@ def sigmoid_attn_bwd_dkdv_hopper_kernel(
     STORE_ALL_ROWS: gl.constexpr,
     STAGES: gl.constexpr,
     FUSED: gl.constexpr,
+    WITH_DK: gl.constexpr,
+    WITH_DV: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """One program per (key block, sequence x KV head): dK, dV (``[B', rows, H_kv, D]``, row stride
     ``stride_dkt`` for both) and, with a key bias, the per-key sums of dS of its heads (DKB).
+    WITH_DK / WITH_DV false leave that part (dK and DKB, or dV) out: at D256 the two float32
+    accumulators do not fit one warpgroup's registers, so the interface launches one kernel per part.
 
     FUSED (the one-kernel backward): also adds ``4 dS K`` to the zeroed float32 ``DQ`` (``[B', rows, H,
     D]``, row stride ``stride_dqt``; the caller scales by ``scale / 4``) and writes each head's sum of
@@ -333,19 +353,22 @@ def sigmoid_attn_bwd_dkdv_hopper_kernel(
                 dk, dv, dsum = _dkdv_step(
                     it0 + blk, blk * BM, dk, dv, dsum, k_smem, v_smem, q_smem, do_smem, bars, q_desc, do_desc,
                     n_iter, first, n_blocks, row_q, i_hk * GROUP, st_zero, o_n, row_bias_half, scale_half,
-                    len_q, shift, ds_smem, dq_base, stride_dqt, True, CAUSAL, STAGES, FUSED, num_warps,
+                    len_q, shift, ds_smem, dq_base, stride_dqt, True, CAUSAL, STAGES, FUSED, WITH_DK, WITH_DV,
+                    num_warps,
                 )  # fmt: skip
             for blk in range(gl.maximum(diag_end // BM, first), rows_end // BM):
                 dk, dv, dsum = _dkdv_step(
                     it0 + blk, blk * BM, dk, dv, dsum, k_smem, v_smem, q_smem, do_smem, bars, q_desc, do_desc,
                     n_iter, first, n_blocks, row_q, i_hk * GROUP, st_zero, o_n, row_bias_half, scale_half,
-                    len_q, shift, ds_smem, dq_base, stride_dqt, False, CAUSAL, STAGES, FUSED, num_warps,
+                    len_q, shift, ds_smem, dq_base, stride_dqt, False, CAUSAL, STAGES, FUSED, WITH_DK,
+                    WITH_DV, num_warps,
                 )  # fmt: skip
             for blk in range(gl.maximum(rows_end // BM, first), first + n_blocks):
                 dk, dv, dsum = _dkdv_step(
                     it0 + blk, blk * BM, dk, dv, dsum, k_smem, v_smem, q_smem, do_smem, bars, q_desc, do_desc,
                     n_iter, first, n_blocks, row_q, i_hk * GROUP, st_zero, o_n, row_bias_half, scale_half,
-                    len_q, shift, ds_smem, dq_base, stride_dqt, True, CAUSAL, STAGES, FUSED, num_warps,
+                    len_q, shift, ds_smem, dq_base, stride_dqt, True, CAUSAL, STAGES, FUSED, WITH_DK, WITH_DV,
+                    num_warps,
                 )  # fmt: skip
             dkb += dsum
             if FUSED:
@@ -358,9 +381,11 @@ def sigmoid_attn_bwd_dkdv_hopper_kernel(
 
     # Keys past the sequence (padding of the padded layout) get zero gradients.
     seq = (i_b * rows_k + start_k).to(gl.int64) * stride_dkt + i_hk * D
-    _store_rows(DK + seq, n0, stride_dkt, (dk * (0.25 * scale)).to(dtype), store_rows, len_k, num_warps)
-    _store_rows(DV + seq, n0, stride_dkt, dv.to(dtype), store_rows, len_k, num_warps)
-    if HAS_KEY_BIAS:
+    if WITH_DK:
+        _store_rows(DK + seq, n0, stride_dkt, (dk * (0.25 * scale)).to(dtype), store_rows, len_k, num_warps)
+    if WITH_DV:
+        _store_rows(DV + seq, n0, stride_dkt, dv.to(dtype), store_rows, len_k, num_warps)
+    if HAS_KEY_BIAS and WITH_DK:
         p_dkb = DKB + i_hk * stride_dkbh + i_b * stride_dkbb + (start_k + o_n) * stride_dkbt
         gl.store(p_dkb, gl.where(o_n < len_k, dkb * 0.25, 0.0), mask=o_n < store_rows)
 
@@ -607,17 +632,20 @@ def compile_bwd_sm90(
     group: int = 1,
     config: tuple[int, int, int, int] | None = None,
 ):
-    """The ``"dkdv"``, ``"dq"`` or ``"fused"`` (dK/dV kernel with FUSED) kernel compiled for sm_90a
-    without a GPU (hopper.compile_for_sm90), with the interface's launch configuration for ``dim``
-    unless ``config`` gives ``(BLOCK_M, BLOCK_N, warps, stages)``."""
+    """The ``"dkdv"`` (``"dk"`` / ``"dv"``: one part of it), ``"dq"`` or ``"fused"`` (dK/dV kernel
+    with FUSED) kernel compiled for sm_90a without a GPU (hopper.compile_for_sm90), with the
+    interface's launch configuration for ``dim`` unless ``config`` gives ``(BLOCK_M, BLOCK_N, warps,
+    stages)``."""
     from sigcell.ops.sigmoid_attn.hopper import compile_for_sm90
     from sigcell.ops.sigmoid_attn.interface import _HOPPER_BWD_CONFIGS
 
-    block_m, block_n, warps, stages = config or _HOPPER_BWD_CONFIGS[kind][dim]
+    block_m, block_n, warps, stages = (
+        config or _HOPPER_BWD_CONFIGS[kind if kind in ("dq", "fused") else "dkdv"][dim]
+    )
     blocks = {"q_desc": block_m, "do_desc": block_m, "k_desc": block_n, "v_desc": block_n}
     lengths = dict.fromkeys(("START_Q", "LEN_Q", "START_K", "LEN_K"), "*i32")
     bias = dict.fromkeys(("BIAS", "KEY_BIAS"), "*fp32")
-    if kind in ("dkdv", "fused"):
+    if kind in ("dkdv", "dk", "dv", "fused"):
         kernel = sigmoid_attn_bwd_dkdv_hopper_kernel
         args = {"DK": "*dt", "DV": "*dt", "DKB": "*fp32", **bias, **lengths}
         ints = ("rows_q", "rows_k", "stride_dkt", "stride_kbb", "stride_kbt", "stride_dkbh", "stride_dkbb")
@@ -639,5 +667,7 @@ def compile_bwd_sm90(
     }
     if kind != "dq":
         constants["FUSED"] = kind == "fused"
+        constants["WITH_DK"] = kind in ("dkdv", "dk", "fused")
+        constants["WITH_DV"] = kind in ("dkdv", "dv", "fused")
     constants["num_warps"] = warps
     return compile_for_sm90(kernel, blocks, args, constants, dim, dtype)

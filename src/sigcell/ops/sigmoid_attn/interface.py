@@ -256,13 +256,19 @@ _HOPPER_DEFAULT_DIMS = "128"
 # programs own BLOCK_N keys (one warpgroup per 64 of them) and stream BLOCK_M queries; dQ programs own
 # BLOCK_M queries and stream BLOCK_N keys.
 # Chosen by benchmarks/sweep_configs.py --kinds hopper_dkdv,hopper_dq at L4k on an H200 (NOTES.md, v14).
+# D256: dK and dV in two launches of the dK / dV kernel (two 64 x 256 float32 accumulators do not fit a
+# warpgroup's registers), 32-row query blocks; ptxas (sm_90a) keeps these configs free of spills.
 _HOPPER_BWD_CONFIGS = {
-    "dkdv": {64: (64, 64, 4, 2), 128: (64, 64, 4, 2)},
-    "dq": {64: (64, 64, 4, 3), 128: (128, 64, 8, 3)},
+    "dkdv": {64: (64, 64, 4, 2), 128: (64, 64, 4, 2), 256: (32, 64, 4, 2)},
+    "dq": {64: (64, 64, 4, 3), 128: (128, 64, 8, 3), 256: (64, 32, 4, 2)},
     # The opt-in one-kernel backward (SIGCELL_HOPPER_BWD_KERNELS=fused): 0.89-0.95x the split pair at D64,
     # 0.73-0.77x at D128 (spills) in v14c.
     "fused": {64: (64, 128, 8, 2), 128: (64, 128, 8, 2)},
 }
+# Head dims whose dK and dV take one launch each (the kernel's WITH_DK / WITH_DV).
+_SPLIT_DKDV_DIMS = {256}
+# Head dims the Gluon backward takes by default; SIGCELL_HOPPER_BWD_DIMS overrides (benchmark A/B).
+_HOPPER_BWD_DEFAULT_DIMS = "64,128"
 
 
 def _hopper_dims() -> set[int]:
@@ -316,14 +322,21 @@ def _uses_hopper_forward(q, k, v, slopes, varlen, fast_sigmoid, n_bh) -> bool:
 
 def _hopper_bwd_kernels(q, k, v, dout, slopes, varlen, fast_sigmoid, n_bh) -> set[str]:
     """Backward kernels ("dkdv", "dq") that run in Gluon; the others run in Triton.
-    ``SIGCELL_HOPPER_BWD=0`` turns both off, ``SIGCELL_HOPPER_BWD_KERNELS=dkdv`` keeps one (benchmark A/B),
-    ``SIGCELL_HOPPER_BWD_KERNELS=fused`` selects the opt-in one-kernel Gluon backward ({"fused"})."""
-    if os.environ.get("SIGCELL_HOPPER_BWD", "1") == "0" or q.shape[-1] not in _HOPPER_BWD_CONFIGS["dkdv"]:
+    ``SIGCELL_HOPPER_BWD=0`` turns both off, ``SIGCELL_HOPPER_BWD_DIMS=64,128,256`` picks the head dims,
+    ``SIGCELL_HOPPER_BWD_KERNELS=dkdv`` keeps one (benchmark A/B), ``SIGCELL_HOPPER_BWD_KERNELS=fused``
+    selects the opt-in one-kernel Gluon backward ({"fused"}; D64 / D128 only)."""
+    dims = os.environ.get("SIGCELL_HOPPER_BWD_DIMS", _HOPPER_BWD_DEFAULT_DIMS).split(",")
+    dim = q.shape[-1]
+    if os.environ.get("SIGCELL_HOPPER_BWD", "1") == "0" or str(dim) not in dims:
+        return set()
+    if dim not in _HOPPER_BWD_CONFIGS["dkdv"]:
         return set()
     if not _hopper_eligible(q, slopes, fast_sigmoid, n_bh, (q, k, v, dout), varlen):
         return set()
     names = {x.strip() for x in os.environ.get("SIGCELL_HOPPER_BWD_KERNELS", "dkdv,dq").split(",")}
-    return {"fused"} if "fused" in names else names & {"dkdv", "dq"}
+    if "fused" in names:
+        return {"fused"} if dim in _HOPPER_BWD_CONFIGS["fused"] else set()
+    return names & {"dkdv", "dq"}
 
 
 def _flat_descriptor(t: torch.Tensor, rows: int):
@@ -412,30 +425,34 @@ def _hopper_dkdv(
     if fused:
         dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         dbias_part = torch.zeros(n_seq * heads, num_n, dtype=torch.float32, device=q.device)
-    sigmoid_attn_bwd_dkdv_hopper_kernel[(num_n, n_seq * kv_heads)](
-        _flat_descriptor(q, block_m),
-        _flat_descriptor(dout, block_m),
-        _flat_descriptor(k, block_n),
-        _flat_descriptor(v, block_n),
-        dk,
-        dv,
-        dkb_part if dkb_part is not None else bias,
-        bias,
-        key_bias if key_bias is not None else bias,
-        *lengths,
-        0 if varlen else q.shape[1],
-        0 if varlen else k.shape[1],
-        dk.stride(1),
-        *_key_bias_strides(key_bias, varlen),
-        *dkb_strides,
-        dq_acc,
-        dbias_part,
-        dq_acc.stride(1) if fused else 0,
-        num_n,
-        scale,
-        FUSED=fused,
-        **_hopper_constants(heads, k, key_bias, causal, varlen, stages, warps),
-    )
+    descriptors = [_flat_descriptor(t, rows) for t, rows in ((q, block_m), (dout, block_m), (k, block_n))]
+    descriptors.append(_flat_descriptor(v, block_n))
+    # (WITH_DK, WITH_DV) per launch: one launch computes both, except at the head dims of _SPLIT_DKDV_DIMS.
+    parts = [(False, True), (True, False)] if q.shape[-1] in _SPLIT_DKDV_DIMS else [(True, True)]
+    for with_dk, with_dv in parts:
+        sigmoid_attn_bwd_dkdv_hopper_kernel[(num_n, n_seq * kv_heads)](
+            *descriptors,
+            dk,
+            dv,
+            dkb_part if dkb_part is not None else bias,
+            bias,
+            key_bias if key_bias is not None else bias,
+            *lengths,
+            0 if varlen else q.shape[1],
+            0 if varlen else k.shape[1],
+            dk.stride(1),
+            *_key_bias_strides(key_bias, varlen),
+            *dkb_strides,
+            dq_acc,
+            dbias_part,
+            dq_acc.stride(1) if fused else 0,
+            num_n,
+            scale,
+            FUSED=fused,
+            WITH_DK=with_dk,
+            WITH_DV=with_dv,
+            **_hopper_constants(heads, k, key_bias, causal, varlen, stages, warps),
+        )
     if not fused:
         return None
     torch.mul(dq_acc, scale * 0.25, out=dq)  # the kernel adds 4 dS k
