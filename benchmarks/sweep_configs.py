@@ -90,6 +90,10 @@ CANDIDATES_D256 = {
     "dkdv": [(32, 32, 4, 1), (32, 64, 8, 1), (64, 32, 8, 1), (64, 64, 8, 1), (32, 32, 8, 1)],
     "dq": [(64, 64, 4, 2), (128, 32, 8, 2), (64, 64, 8, 1), (128, 64, 8, 1), (64, 32, 4, 2)],
     "fused": [(32, 32, 8, 1), (32, 64, 8, 1), (64, 32, 8, 1)],
+    # Gluon backward at D256 (dK and dV in two launches): ptxas keeps these free of spills (dK / dV
+    # 64 x 64 / 4 / 2 spills 80 bytes, kept as a probe; dQ 64 x 64 spills 264, 128 x 64 needs 262 KB).
+    "hopper_dkdv": [(32, 64, 4, 2), (32, 64, 4, 3), (64, 64, 4, 2), (32, 128, 8, 2)],
+    "hopper_dq": [(64, 32, 4, 2), (64, 32, 4, 3), (64, 32, 4, 4), (128, 32, 8, 2)],
     # ptxas (sm_90a, no GPU): 197-247 registers, no spills; 64 x 128 / 4 spills 1.1 KB.
     "hopper_fwd": [
         (64, 64, 4, 2),
@@ -158,6 +162,7 @@ def main():
             os.environ["SIGCELL_HOPPER_BWD"] = "1" if kind.startswith("hopper_") else "0"
             os.environ["SIGCELL_HOPPER_BWD_KERNELS"] = kind.removeprefix("hopper_")
             os.environ["SIGCELL_HOPPER_FWD_DIMS"] = "64,128,256" if kind == "hopper_fwd" else "128"
+            os.environ["SIGCELL_HOPPER_BWD_DIMS"] = "64,128,256"
             candidates = parse_configs(args.configs) if args.configs else candidates_for(kind, d)
             times = {cfg: [] for cfg in candidates}
             for _ in range(args.rounds):

@@ -146,15 +146,16 @@ def _dkdv_step(
     else:
         s = warpgroup_mma_wait(0, deps=(s_tok,))
     t = _tanh(s * scale_half + row_bias_half[:, None])
+    if WITH_DV:
+        p = 0.5 * t + 0.5
     if MASK:
         o_m = m0 + gl.arange(0, BM, layout=gl.SliceLayout(0, st_layout))
         keep = (o_m < len_q)[None, :]
         if CAUSAL:
             keep = keep & (o_n[:, None] <= o_m[None, :] + shift)
-    if WITH_DV:
-        p = 0.5 * t + 0.5
-        if MASK:
+        if WITH_DV:
             p = gl.where(keep, p, 0.0)
+    if WITH_DV:
         p_op = gl.convert_layout(p.to(dtype), a_layout)
         dv_tok = warpgroup_mma(p_op, do_tile, dv, is_async=True)
     if WITH_DK:

@@ -249,8 +249,9 @@ def _key_bias_strides(key_bias: torch.Tensor | None, varlen: bool) -> tuple[int,
 # Hopper forward (hopper.py, Gluon): head dim -> (BLOCK_M, BLOCK_N, warps, stages). Measured on an H200
 # (benchmarks/NOTES.md, v13): D128 beats the Triton forward by ~20 %; at D64 it did not, so D64 stays on
 # the Triton kernel unless SIGCELL_HOPPER_FWD_DIMS names it (benchmark A/B). D256: 64 query rows per
-# warpgroup (a 64 x 256 float32 accumulator is 128 registers per thread).
-_HOPPER_CONFIGS = {64: (64, 128, 4, 2), 128: (128, 64, 4, 2), 256: (64, 64, 4, 2)}
+# warpgroup (a 64 x 256 float32 accumulator is 128 registers per thread); 3 stages (224 KB of shared
+# memory) measured 578 TFLOPS at L4k against 420 with 2 (NOTES.md, v16).
+_HOPPER_CONFIGS = {64: (64, 128, 4, 2), 128: (128, 64, 4, 2), 256: (64, 64, 4, 3)}
 _HOPPER_DEFAULT_DIMS = "128"
 # Hopper backward (hopper_bwd.py): kernel -> head dim -> (BLOCK_M, BLOCK_N, warps, stages). dK / dV
 # programs own BLOCK_N keys (one warpgroup per 64 of them) and stream BLOCK_M queries; dQ programs own
