@@ -258,10 +258,11 @@ _HOPPER_DEFAULT_DIMS = "128"
 # BLOCK_M queries and stream BLOCK_N keys.
 # Chosen by benchmarks/sweep_configs.py --kinds hopper_dkdv,hopper_dq at L4k on an H200 (NOTES.md, v14).
 # D256: dK and dV in two launches of the dK / dV kernel (two 64 x 256 float32 accumulators do not fit a
-# warpgroup's registers), 32-row query blocks; ptxas (sm_90a) keeps these configs free of spills.
+# warpgroup's registers); configs from the v17 sweep (the dK launch spills 80 bytes and is still the
+# fastest; 32-row query blocks, spill-free, were 14 % slower).
 _HOPPER_BWD_CONFIGS = {
-    "dkdv": {64: (64, 64, 4, 2), 128: (64, 64, 4, 2), 256: (32, 64, 4, 2)},
-    "dq": {64: (64, 64, 4, 3), 128: (128, 64, 8, 3), 256: (64, 32, 4, 2)},
+    "dkdv": {64: (64, 64, 4, 2), 128: (64, 64, 4, 2), 256: (64, 64, 4, 2)},
+    "dq": {64: (64, 64, 4, 3), 128: (128, 64, 8, 3), 256: (64, 32, 4, 4)},
     # The opt-in one-kernel backward (SIGCELL_HOPPER_BWD_KERNELS=fused): 0.89-0.95x the split pair at D64,
     # 0.73-0.77x at D128 (spills) in v14c.
     "fused": {64: (64, 128, 8, 2), 128: (64, 128, 8, 2)},
@@ -269,7 +270,7 @@ _HOPPER_BWD_CONFIGS = {
 # Head dims whose dK and dV take one launch each (the kernel's WITH_DK / WITH_DV).
 _SPLIT_DKDV_DIMS = {256}
 # Head dims the Gluon backward takes by default; SIGCELL_HOPPER_BWD_DIMS overrides (benchmark A/B).
-_HOPPER_BWD_DEFAULT_DIMS = "64,128"
+_HOPPER_BWD_DEFAULT_DIMS = "64,128,256"
 
 
 def _hopper_dims() -> set[int]:
