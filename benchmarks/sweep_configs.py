@@ -2,9 +2,10 @@
 B = 16384 / L, H = 2048 / D) and print the best per head dim. Results go to JSON.
 
 Usage: PYTHONPATH=src python3 benchmarks/sweep_configs.py [--out DIR] [--dims 64,128,256] [--L 4096]
-       [--kinds fwd,dkdv,dq,fused,hopper_fwd,hopper_dkdv,hopper_dq,hopper_fused]
+       [--kinds fwd,dkdv,dq,fused,hopper_fwd,hopper_ws,hopper_dkdv,hopper_dq,hopper_fused]
        (fused: the opt-in fused backward, timed with SIGCELL_FUSED_BWD=1; hopper_fwd: the Gluon forward,
-       D64 and D256 included; hopper_dkdv / hopper_dq: a Gluon backward kernel on sm_90, timed with the other
+       D64 and D256 included; hopper_ws: the warp-specialized Gluon forward, configs (rows per consumer,
+       BLOCK_N, stages); hopper_dkdv / hopper_dq: a Gluon backward kernel on sm_90, timed with the other
        backward kernel in Triton; hopper_fused: the opt-in one-kernel Gluon backward;
        dkdv / dq time the Triton kernels with the Gluon backward off)
        [--causal] [--configs 'M,N,W,S;...'] [--rounds R]   (R interleaved passes; medians kept)
@@ -72,6 +73,9 @@ CANDIDATES = {
         (128, 64, 8, 2),
     ],
     "hopper_fused": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (64, 128, 8, 3)],
+    # Warp-specialized forward (hopper_ws.py): (rows per consumer, BLOCK_N, stages); ptxas: D128 with
+    # 128 rows per consumer spills 196 bytes.
+    "hopper_ws": [(128, 64, 2), (128, 64, 3), (128, 64, 4), (64, 64, 2), (64, 64, 3)],
     "hopper_dq": [
         (128, 64, 8, 2),
         (128, 64, 8, 3),
@@ -95,6 +99,7 @@ CANDIDATES_D256 = {
     "hopper_dkdv": [(32, 64, 4, 2), (32, 64, 4, 3), (64, 64, 4, 2), (32, 128, 8, 2)],
     "hopper_dq": [(64, 32, 4, 2), (64, 32, 4, 3), (64, 32, 4, 4), (128, 32, 8, 2)],
     # ptxas (sm_90a, no GPU): 197-247 registers, no spills; 64 x 128 / 4 spills 1.1 KB.
+    "hopper_ws": [(64, 32, 3), (64, 64, 2), (64, 32, 4)],
     "hopper_fwd": [
         (64, 64, 4, 2),
         (64, 32, 4, 3),
@@ -123,7 +128,7 @@ def time_config(kind, cfg, q, k, v, do, causal):
     """ms of one call (fwd) or of the whole backward (other kinds) with ``cfg`` forced for ``kind``."""
     interface.set_config_override(kind, cfg)
     try:
-        if kind in ("fwd", "hopper_fwd"):
+        if kind in ("fwd", "hopper_fwd", "hopper_ws"):
             return bench(lambda: sigmoid_attn_func(q, k, v, causal=causal))
         out = sigmoid_attn_func(q, k, v, causal=causal)
         return bench(lambda: out.backward(do, retain_graph=True))
@@ -163,6 +168,7 @@ def main():
             os.environ["SIGCELL_HOPPER_BWD_KERNELS"] = kind.removeprefix("hopper_")
             os.environ["SIGCELL_HOPPER_FWD_DIMS"] = "64,128,256" if kind == "hopper_fwd" else "128"
             os.environ["SIGCELL_HOPPER_BWD_DIMS"] = "64,128,256"
+            os.environ["SIGCELL_HOPPER_WS_DIMS"] = "64,128,256" if kind == "hopper_ws" else ""
             candidates = parse_configs(args.configs) if args.configs else candidates_for(kind, d)
             times = {cfg: [] for cfg in candidates}
             for _ in range(args.rounds):
@@ -175,7 +181,7 @@ def main():
             results = []
             for cfg, runs in times.items():
                 ms = statistics.median(runs)
-                tf = (1.0 if kind in ("fwd", "hopper_fwd") else 2.5) * flops / ms * 1e-9
+                tf = (1.0 if kind in ("fwd", "hopper_fwd", "hopper_ws") else 2.5) * flops / ms * 1e-9
                 results.append((ms, cfg))
                 rows.append(
                     dict(

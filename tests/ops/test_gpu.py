@@ -123,6 +123,39 @@ def test_hopper_forward_edges(layout, causal, key_bias, monkeypatch):
     _check(case, torch.bfloat16)
 
 
+WS_GRID = list(itertools.product(["bf16", "fp16"], [False, True], ["padded", "varlen"], [64, 128, 256]))
+
+
+@pytest.mark.parametrize(("dtype", "causal", "layout", "dim"), WS_GRID)
+def test_hopper_ws_forward_matches_reference(dtype, causal, layout, dim, monkeypatch):
+    """The opt-in warp-specialized forward (hopper_ws.py, SIGCELL_HOPPER_WS_DIMS)."""
+    calls = _hopper_calls(monkeypatch)
+    monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "64,128,256")
+    index = WS_GRID.index((dtype, causal, layout, dim))
+    case = make_case(
+        8700 + index, layout=layout, batch=3, lq=700 if causal else 731, lk=731 if causal else 677,
+        heads=4, kv_heads=2, dim=dim, causal=causal, key_bias=bool(index % 2),
+        bias_mode=("none", "float", "tensor")[index % 3], device="cuda",
+    )
+    _check(case, DTYPES[dtype])
+    assert calls["forward"], calls
+
+
+@pytest.mark.parametrize("dim", [64, 128, 256])
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_hopper_ws_forward_edges(dim, layout, causal, monkeypatch):
+    """Lengths 0 and 1, one row or key past a program, a program and a half, NaN-free padding."""
+    _hopper_calls(monkeypatch)
+    monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "64,128,256")
+    case = make_case(
+        8800 + 2 * dim + causal, layout=layout, lq=300, lk=300, lens_q=[1, 0, 300, 0, 129, 257, 192],
+        lens_k=[1, 0, 0, 300, 77, 65, 191], heads=2, kv_heads=1, dim=dim, causal=causal, key_bias=True,
+        device="cuda",
+    )
+    _check(case, torch.bfloat16)
+
+
 FUSED_HOPPER_GRID = list(itertools.product(["bf16", "fp16"], [False, True], ["padded", "varlen"], [64, 128]))
 
 

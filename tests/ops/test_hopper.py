@@ -64,6 +64,26 @@ def test_backward_compiles_for_sm90_with_overlapped_wgmma(kind, dim, dtype, caus
     assert kernel.metadata.shared <= 227 * 1024
 
 
+@pytest.mark.parametrize(
+    ("dim", "causal", "key_bias"), [(64, True, False), (128, False, True), (256, True, True)]
+)
+def test_ws_forward_compiles_for_sm90(dim, causal, key_bias):
+    """The warp-specialized forward: register reallocation between partitions, each consumer's loops
+    overlap the sigmoid with P V, shared memory within an SM, and no CTA-wide barrier (which would
+    deadlock partitions that run different code)."""
+    import re
+
+    from sigcell.ops.sigmoid_attn.hopper_ws import compile_ws_sm90
+
+    config = interface._HOPPER_WS_CONFIGS[dim]
+    kernel = compile_ws_sm90(dim, config, causal=causal, key_bias=key_bias, padded=not causal, group=2)
+    ptx = kernel.asm["ptx"]
+    assert "setmaxnreg.inc.sync.aligned.u32 \t240;" in ptx or "setmaxnreg.inc.sync.aligned.u32 240;" in ptx
+    assert ptx.count("wgmma.wait_group.sync.aligned 1;") == 4  # two consumers x two key loops
+    assert not re.search(r"\bbar\.sync\s+0;", ptx)  # partition barriers name their thread count
+    assert kernel.metadata.shared <= 227 * 1024
+
+
 def test_hopper_backward_switches(monkeypatch):
     q = torch.zeros(1, 64, 2, 128, dtype=torch.bfloat16)
     monkeypatch.delenv("SIGCELL_HOPPER_BWD", raising=False)
@@ -127,7 +147,7 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
     replaced by a binder that records each launch's grid)."""
     import inspect
 
-    from sigcell.ops.sigmoid_attn import hopper, hopper_bwd
+    from sigcell.ops.sigmoid_attn import hopper, hopper_bwd, hopper_ws
 
     launches = []
 
@@ -136,7 +156,7 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
             self.kernel = kernel
 
         def __getitem__(self, grid):
-            def launch(*args, **kwargs):
+            def launch(*args, maxnreg=None, **kwargs):  # maxnreg: a launch option, not an argument
                 inspect.signature(self.kernel.fn).bind(*args, **kwargs)  # missing / unknown argument
                 parts = (kwargs.get("WITH_DK"), kwargs.get("WITH_DV"))
                 launches.append((self.kernel.fn.__name__, grid, parts))
@@ -145,6 +165,7 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
 
     for module, name in [
         (hopper, "sigmoid_attn_fwd_hopper_kernel"),
+        (hopper_ws, "sigmoid_attn_fwd_hopper_ws_kernel"),
         (hopper_bwd, "sigmoid_attn_bwd_dkdv_hopper_kernel"),
         (hopper_bwd, "sigmoid_attn_bwd_dq_hopper_kernel"),
     ]:
@@ -164,6 +185,9 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
     dbias = interface._hopper_dq(
         q, k, k, q, torch.empty_like(q), bias, key_bias, lengths, 0.1, True, varlen, rows
     )
+    monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "128")
+    interface._hopper_forward(q, k, k, *common)
+    monkeypatch.delenv("SIGCELL_HOPPER_WS_DIMS")
     # D256: dV and dK in one launch each.
     wide = [torch.zeros(*t.shape[:-1], 256, dtype=torch.bfloat16) for t in (q, k)]
     interface._hopper_dkdv(
@@ -175,12 +199,15 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
         "sigmoid_attn_bwd_dkdv_hopper_kernel",
         "sigmoid_attn_bwd_dkdv_hopper_kernel",
         "sigmoid_attn_bwd_dq_hopper_kernel",
+        "sigmoid_attn_fwd_hopper_ws_kernel",
         "sigmoid_attn_bwd_dkdv_hopper_kernel",
         "sigmoid_attn_bwd_dkdv_hopper_kernel",
     ]
     assert [parts for *_, parts in launches[1:]] == [
-        (True, True), (True, True), (None, None), (False, True), (True, False)
+        (True, True), (True, True), (None, None), (None, None), (False, True), (True, False)
     ]  # fmt: skip
+    # The warp-specialized forward: two consumers' query rows (2 x 64 at D128) per program.
+    assert launches[4][1] == (1, batch * heads)
     # Grids: (query blocks, sequences x heads) or (key blocks, sequences x KV heads).
     assert launches[0][1] == (1, batch * heads) and launches[1][1][1] == batch * kv_heads
     assert fused.shape[0] == batch * heads and dbias.shape == (batch * heads, launches[3][1][0])

@@ -379,7 +379,13 @@ def sigmoid_attn_fwd_hopper_kernel(
 
 
 def compile_for_sm90(
-    kernel, blocks: dict[str, int], args: dict[str, str], constants: dict, dim: int, dtype: str
+    kernel,
+    blocks: dict[str, int],
+    args: dict[str, str],
+    constants: dict,
+    dim: int,
+    dtype: str,
+    maxnreg: int | None = None,
 ):
     """Compile a Gluon kernel of this package for sm_90a without a GPU (``triton.compile``; ptxas
     included). ``blocks``: descriptor argument -> block rows (``[rows, dim]`` tiles of ``dtype``);
@@ -399,7 +405,10 @@ def compile_for_sm90(
     signature.update(dict.fromkeys(constants, "constexpr"))
     source = GluonASTSource(kernel, signature, constants)
     target = GPUTarget("cuda", 90, 128)
-    return triton.compile(source, target=target, options={"num_warps": constants["num_warps"]})
+    options = {"num_warps": constants["num_warps"]}
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
+    return triton.compile(source, target=target, options=options)
 
 
 def compile_sm90(
@@ -418,13 +427,7 @@ def compile_sm90(
     from sigcell.ops.sigmoid_attn.interface import _HOPPER_CONFIGS
 
     block_m, block_n, warps, stages = _HOPPER_CONFIGS[dim]
-    args = {
-        "O": "*dt",
-        **dict.fromkeys(("BIAS", "KEY_BIAS"), "*fp32"),
-        **dict.fromkeys(("START_Q", "LEN_Q", "START_K", "LEN_K"), "*i32"),
-        **dict.fromkeys(("rows_q", "rows_k", "stride_ot", "stride_kbb", "stride_kbt"), "i32"),
-        "scale_half": "fp32",
-    }
+    args = forward_args()
     constants = {
         "H": heads,
         "GROUP": group,
@@ -436,3 +439,14 @@ def compile_sm90(
     }
     blocks = {"q_desc": block_m, "k_desc": block_n, "v_desc": block_n}
     return compile_for_sm90(sigmoid_attn_fwd_hopper_kernel, blocks, args, constants, dim, dtype)
+
+
+def forward_args() -> dict[str, str]:
+    """Triton signature types of the Gluon forwards' arguments other than descriptors and constexprs."""
+    return {
+        "O": "*dt",
+        **dict.fromkeys(("BIAS", "KEY_BIAS"), "*fp32"),
+        **dict.fromkeys(("START_Q", "LEN_Q", "START_K", "LEN_K"), "*i32"),
+        **dict.fromkeys(("rows_q", "rows_k", "stride_ot", "stride_kbb", "stride_kbt"), "i32"),
+        "scale_half": "fp32",
+    }

@@ -253,6 +253,9 @@ def _key_bias_strides(key_bias: torch.Tensor | None, varlen: bool) -> tuple[int,
 # memory) measured 578 TFLOPS at L4k against 420 with 2 (NOTES.md, v16).
 _HOPPER_CONFIGS = {64: (64, 128, 4, 2), 128: (128, 64, 4, 2), 256: (64, 64, 4, 3)}
 _HOPPER_DEFAULT_DIMS = "128"
+# Opt-in warp-specialized forward (hopper_ws.py; SIGCELL_HOPPER_WS_DIMS): head dim -> (query rows per
+# consumer warpgroup, BLOCK_N, stages); a program owns two consumers' rows.
+_HOPPER_WS_CONFIGS = {64: (128, 64, 3), 128: (64, 64, 3), 256: (64, 32, 3)}
 # Hopper backward (hopper_bwd.py): kernel -> head dim -> (BLOCK_M, BLOCK_N, warps, stages). dK / dV
 # programs own BLOCK_N keys (one warpgroup per 64 of them) and stream BLOCK_M queries; dQ programs own
 # BLOCK_M queries and stream BLOCK_N keys.
@@ -278,7 +281,15 @@ def _hopper_dims() -> set[int]:
     if os.environ.get("SIGCELL_HOPPER_FWD", "1") == "0":
         return set()
     names = os.environ.get("SIGCELL_HOPPER_FWD_DIMS", _HOPPER_DEFAULT_DIMS)
-    return {int(x) for x in names.split(",") if x.strip()} & set(_HOPPER_CONFIGS)
+    return {int(x) for x in names.split(",") if x.strip()} & set(_HOPPER_CONFIGS) | _hopper_ws_dims()
+
+
+def _hopper_ws_dims() -> set[int]:
+    """Head dims that take the warp-specialized Gluon forward (``SIGCELL_HOPPER_WS_DIMS``, default none)."""
+    if os.environ.get("SIGCELL_HOPPER_FWD", "1") == "0":
+        return set()
+    names = os.environ.get("SIGCELL_HOPPER_WS_DIMS", "")
+    return {int(x) for x in names.split(",") if x.strip()} & set(_HOPPER_WS_CONFIGS)
 
 
 @functools.cache
@@ -362,12 +373,21 @@ def _nvmma_layout(rows: int, dim: int, dtype: torch.dtype):
 def _hopper_forward(
     q, k, v, bias, key_bias, start_q, len_q, start_k, len_k, scale, causal, varlen, span, out
 ):
-    """Launch the Gluon forward (hopper.py) into ``out``."""
-    from sigcell.ops.sigmoid_attn.hopper import sigmoid_attn_fwd_hopper_kernel
-
+    """Launch the Gluon forward (hopper.py, or the warp-specialized hopper_ws.py) into ``out``."""
     n_seq, heads = bias.shape
-    block_m, block_n, warps, stages = _config_override.get("hopper_fwd") or _HOPPER_CONFIGS[q.shape[-1]]
-    sigmoid_attn_fwd_hopper_kernel[(_cdiv(span, block_m), n_seq * heads)](
+    dim = q.shape[-1]
+    if dim in _hopper_ws_dims():
+        from sigcell.ops.sigmoid_attn import hopper_ws
+
+        kernel, warps = hopper_ws.sigmoid_attn_fwd_hopper_ws_kernel, hopper_ws.CONSUMER_WARPS.value
+        block_m, block_n, stages = _config_override.get("hopper_ws") or _HOPPER_WS_CONFIGS[dim]
+        program_rows, options = 2 * block_m, {"maxnreg": hopper_ws.ws_maxnreg()}
+    else:
+        from sigcell.ops.sigmoid_attn.hopper import sigmoid_attn_fwd_hopper_kernel as kernel
+
+        block_m, block_n, warps, stages = _config_override.get("hopper_fwd") or _HOPPER_CONFIGS[dim]
+        program_rows, options = block_m, {}
+    kernel[(_cdiv(span, program_rows), n_seq * heads)](
         _flat_descriptor(q, block_m),
         _flat_descriptor(k, block_n),
         _flat_descriptor(v, block_n),
@@ -384,6 +404,7 @@ def _hopper_forward(
         *_key_bias_strides(key_bias, varlen),
         0.5 * scale,
         **_hopper_constants(heads, k, key_bias, causal, varlen, stages, warps),
+        **options,
     )
     return out
 

@@ -1,0 +1,354 @@
+"""Warp-specialized Hopper (sm_90) forward of sigmoid attention in Gluon (opt-in experiment).
+
+The forward of hopper.py runs one warpgroup per program; a program with two warpgroups (8 warps) keeps
+them in step, because Gluon puts a CTA-wide barrier before every TMA refill of a shared K / V stage.
+Here the roles are split with ``gl.warp_specialize``:
+
+- a producer partition (1 warp, few registers) loads the program's two Q tiles once, then streams K / V
+  blocks into a ring of ``STAGES`` shared-memory stages (``ready`` barriers: TMA transaction counts;
+  ``empty`` barriers: one arrival per consumer when both of its matmuls on a stage have retired);
+- two consumer partitions (one warpgroup each, most of the registers) own ``BM`` query rows each and run
+  the software pipeline of hopper.py (``S_j = Q K_j^T`` and ``acc += P_{j-1} V_{j-1}`` in flight while
+  the sigmoid of block j is computed) on the shared K / V stages.
+
+The consumers run independently, so one's sigmoid can overlap the other's matmuls, and each K / V block
+read from L2 serves ``2 BM`` query rows. Masking, layouts and outputs are those of hopper.py. Under a
+causal mask the second consumer (later rows) sees up to ``BM / BN`` more key blocks; the first one waits
+for and releases those stages without using them.
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+from sigcell.ops.sigmoid_attn.hopper import _key_blocks, _mma_layout, _p_block, _store_rows, _zero_rows_past
+
+CONSUMER_WARPS = gl.constexpr(4)
+PRODUCER_REGS = gl.constexpr(24)
+CONSUMER_REGS = gl.constexpr(240)
+
+
+@gluon.jit
+def _producer(
+    q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, row_q, col_q, row_k, col_k, n_blocks
+):
+    """Load both Q tiles, then every key block of the program into the ring (waits for a free stage)."""
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    STAGES: gl.constexpr = k_smem.shape[0]
+    BM: gl.constexpr = q_desc.block_type.shape[0]
+    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [row_q, col_q], q_bar, q_smem.index(0))
+    tma.async_copy_global_to_shared(q_desc, [row_q + BM, col_q], q_bar, q_smem.index(1))
+    for j in range(n_blocks):
+        stage = j % STAGES
+        mbarrier.wait(empty.index(stage), ((j // STAGES) & 1) ^ 1)  # the first pass finds stages free
+        bar = ready.index(stage)
+        mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [row_k + j * BN, col_k], bar, k_smem.index(stage))
+        tma.async_copy_global_to_shared(v_desc, [row_k + j * BN, col_k], bar, v_smem.index(stage))
+
+
+@gluon.jit
+def _consumer_step(
+    j,
+    p,
+    acc,
+    q_tile,
+    k_smem,
+    v_smem,
+    ready,
+    empty,
+    s_zero,
+    o_m,
+    scale_half,
+    bias_half,
+    kb_base,
+    stride_kbt,
+    len_k,
+    shift,
+    HAS_KEY_BIAS: gl.constexpr,
+    MASK: gl.constexpr,
+    CAUSAL: gl.constexpr,
+):
+    """hopper._step on the shared ring: the stage of block j - 1 is released instead of refilled."""
+    STAGES: gl.constexpr = k_smem.shape[0]
+    BN: gl.constexpr = k_smem.shape[1]
+    dtype: gl.constexpr = k_smem.dtype
+    s_layout: gl.constexpr = s_zero.type.layout
+    p_layout: gl.constexpr = p.type.layout
+    stage = j % STAGES
+    prev = (j - 1) % STAGES
+    mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
+    s_tok = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    acc_tok = warpgroup_mma(p, v_smem.index(prev), acc, is_async=True)
+    s = warpgroup_mma_wait(1, deps=(s_tok,))
+    o_n = j * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
+    p_next = _p_block(
+        s, o_m, o_n, scale_half, bias_half, kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS, MASK, CAUSAL,
+        dtype, p_layout,
+    )  # fmt: skip
+    acc, p = warpgroup_mma_wait(0, deps=(acc_tok, p))
+    mbarrier.arrive(empty.index(prev), count=1)
+    return p_next, acc
+
+
+@gluon.jit
+def _consumer(
+    WG: gl.constexpr,
+    k_desc,
+    q_smem,
+    k_smem,
+    v_smem,
+    q_bar,
+    ready,
+    empty,
+    O,
+    KEY_BIAS,
+    m0,
+    len_q,
+    len_k,
+    store_rows,
+    n_total,
+    out_row0,
+    out_col,
+    stride_ot,
+    kb_base,
+    stride_kbt,
+    scale_half,
+    bias_half,
+    CAUSAL: gl.constexpr,
+    HAS_KEY_BIAS: gl.constexpr,
+):
+    """Query rows ``m0 + WG * BM + [0, BM)``: the forward of hopper.py on the shared K / V ring. Stages
+    past this consumer's own key blocks (up to the program's ``n_total``) are waited for and released."""
+    BM: gl.constexpr = q_smem.shape[1]
+    D: gl.constexpr = q_smem.shape[2]
+    BN: gl.constexpr = k_smem.shape[1]
+    STAGES: gl.constexpr = k_smem.shape[0]
+    dtype: gl.constexpr = k_smem.dtype
+    num_warps: gl.constexpr = 4
+    s_layout: gl.constexpr = _mma_layout(num_warps, BN)
+    o_layout: gl.constexpr = _mma_layout(num_warps, D)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    q_tile = q_smem.index(WG)
+    mine = m0 + WG * BM
+    shift, n_blocks, n_full = _key_blocks(mine, len_q, len_k, BM, BN, CAUSAL)
+    o_m = mine + gl.arange(0, BM, layout=gl.SliceLayout(1, s_layout))
+    acc = gl.zeros([BM, D], gl.float32, o_layout)
+    if n_blocks > 0:
+        s_zero = gl.zeros([BM, BN], gl.float32, s_layout)
+        mbarrier.wait(q_bar, 0)
+        mbarrier.wait(ready.index(0), 0)
+        s_tok = warpgroup_mma(q_tile, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(0, deps=(s_tok,))
+        p = _p_block(
+            s, o_m, gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout)), scale_half, bias_half, kb_base,
+            stride_kbt, len_k, shift, HAS_KEY_BIAS, True, CAUSAL, dtype, p_layout,
+        )  # fmt: skip
+        for j in range(1, n_full):
+            p, acc = _consumer_step(
+                j, p, acc, q_tile, k_smem, v_smem, ready, empty, s_zero, o_m, scale_half, bias_half,
+                kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS, False, CAUSAL,
+            )  # fmt: skip
+        for j in range(gl.maximum(n_full, 1), n_blocks):
+            p, acc = _consumer_step(
+                j, p, acc, q_tile, k_smem, v_smem, ready, empty, s_zero, o_m, scale_half, bias_half,
+                kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS, True, CAUSAL,
+            )  # fmt: skip
+        last = n_blocks - 1
+        if n_blocks * BN > len_k:  # only the last block can run past the sequence (hi <= len_k)
+            _zero_rows_past(v_smem.index(last % STAGES), last * BN, len_k, num_warps)
+        acc_tok = warpgroup_mma(p, v_smem.index(last % STAGES), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc_tok,))
+        mbarrier.arrive(empty.index(last % STAGES), count=1)
+    for j in range(n_blocks, n_total):  # the other consumer's extra blocks: release them unread
+        mbarrier.wait(ready.index(j % STAGES), (j // STAGES) & 1)
+        mbarrier.arrive(empty.index(j % STAGES), count=1)
+    seq = out_row0.to(gl.int64) * stride_ot + out_col
+    _store_rows(O + seq, mine, stride_ot, acc.to(dtype), store_rows, len_q, num_warps)
+
+
+@gluon.jit
+def _first_consumer(
+    q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q, len_k,
+    store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half, bias_half, row_q,
+    row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
+):  # fmt: skip
+    _consumer(
+        0, k_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q, len_k, store_rows,
+        n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half, bias_half, CAUSAL,
+        HAS_KEY_BIAS,
+    )  # fmt: skip
+
+
+@gluon.jit
+def _second_consumer(
+    q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q, len_k,
+    store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half, bias_half, row_q,
+    row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
+):  # fmt: skip
+    _consumer(
+        1, k_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q, len_k, store_rows,
+        n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half, bias_half, CAUSAL,
+        HAS_KEY_BIAS,
+    )  # fmt: skip
+
+
+@gluon.jit
+def _loader(
+    q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q, len_k,
+    store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half, bias_half, row_q,
+    row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
+):  # fmt: skip
+    if n_total > 0:
+        _producer(
+            q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, row_q, out_col, row_k, col_k,
+            n_total,
+        )  # fmt: skip
+
+
+@gluon.jit
+def sigmoid_attn_fwd_hopper_ws_kernel(
+    q_desc,
+    k_desc,
+    v_desc,
+    O,
+    BIAS,
+    KEY_BIAS,
+    START_Q,
+    LEN_Q,
+    START_K,
+    LEN_K,
+    rows_q,
+    rows_k,
+    stride_ot,
+    stride_kbb,
+    stride_kbt,
+    scale_half,
+    H: gl.constexpr,
+    GROUP: gl.constexpr,
+    CAUSAL: gl.constexpr,
+    HAS_KEY_BIAS: gl.constexpr,
+    STORE_ALL_ROWS: gl.constexpr,
+    STAGES: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """One program per (2 BM query rows, sequence x head); arguments as hopper.sigmoid_attn_fwd_hopper_kernel
+    (``num_warps`` = 4: the first consumer; the second consumer and the producer are extra warps)."""
+    BM: gl.constexpr = q_desc.block_type.shape[0]
+    D: gl.constexpr = q_desc.block_type.shape[1]
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    dtype: gl.constexpr = q_desc.dtype
+
+    i_m = gl.program_id(0)
+    i_bh = gl.program_id(1)
+    if CAUSAL:  # the longest programs (last query blocks) start first
+        i_m = gl.num_programs(0) - 1 - i_m
+    i_b = i_bh // H
+    i_h = i_bh % H
+    start_q = gl.load(START_Q + i_b)
+    len_q = gl.load(LEN_Q + i_b)
+    start_k = gl.load(START_K + i_b)
+    len_k = gl.load(LEN_K + i_b)
+    store_rows = len_q
+    if STORE_ALL_ROWS:
+        store_rows = rows_q
+    m0 = i_m * 2 * BM
+    # No early return for programs past the rows to store (it would skip the warp-specialized region
+    # that the worker warps wait for): their key loops are empty and their stores masked. The program
+    # streams the key blocks of whichever consumer sees more (causal: the second; padding: the first).
+    _, n_second, _ = _key_blocks(m0 + BM, len_q, len_k, BM, BN, CAUSAL)
+    _, n_first, _ = _key_blocks(m0, len_q, len_k, BM, BN, CAUSAL)
+    n_total = gl.maximum(n_first, n_second)
+
+    q_smem = gl.allocate_shared_memory(dtype, [2, BM, D], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for st in gl.static_range(STAGES):
+        mbarrier.init(ready.index(st), count=1)
+        mbarrier.init(empty.index(st), count=2)  # one arrival per consumer
+    fence_async_shared()
+
+    row_q = i_b * rows_q + start_q + m0
+    row_k = i_b * rows_k + start_k
+    col_k = (i_h // GROUP) * D
+    bias_half = 0.5 * gl.load(BIAS + i_bh)
+    kb_base = KEY_BIAS + i_b * stride_kbb + start_k * stride_kbt
+    out_row0 = i_b * rows_q + start_q
+    out_col = i_h * D
+    gl.warp_specialize(
+        [
+            (
+                _first_consumer,
+                (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q,
+                 len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
+                 bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS),
+            ),
+            (
+                _second_consumer,
+                (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q,
+                 len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
+                 bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS),
+            ),
+            (
+                _loader,
+                (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q,
+                 len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
+                 bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS),
+            ),
+        ],
+        [CONSUMER_WARPS, 1],
+        [CONSUMER_REGS, PRODUCER_REGS],
+    )  # fmt: skip
+    mbarrier.invalidate(q_bar)
+    for st in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(st))
+        mbarrier.invalidate(empty.index(st))
+
+
+def ws_maxnreg() -> int:
+    """Per-thread register limit to launch with: 3 warpgroups (consumer, consumer, producer rounded up)
+    share the 64 K registers; the default partition (the first consumer) gets what the workers leave."""
+    return (2 * CONSUMER_REGS.value + PRODUCER_REGS.value) // 3
+
+
+def compile_ws_sm90(
+    dim: int,
+    config: tuple[int, int, int],
+    *,
+    dtype: str = "bf16",
+    causal: bool = False,
+    key_bias: bool = False,
+    padded: bool = True,
+    heads: int = 8,
+    group: int = 1,
+):
+    """The warp-specialized forward compiled for sm_90a without a GPU; ``config`` = (BM per consumer,
+    BN, STAGES)."""
+    from sigcell.ops.sigmoid_attn.hopper import compile_for_sm90, forward_args
+
+    block_m, block_n, stages = config
+    constants = {
+        "H": heads,
+        "GROUP": group,
+        "CAUSAL": causal,
+        "HAS_KEY_BIAS": key_bias,
+        "STORE_ALL_ROWS": padded,
+        "STAGES": stages,
+        "num_warps": CONSUMER_WARPS.value,
+    }
+    blocks = {"q_desc": block_m, "k_desc": block_n, "v_desc": block_n}
+    kernel = sigmoid_attn_fwd_hopper_ws_kernel
+    return compile_for_sm90(kernel, blocks, forward_args(), constants, dim, dtype, maxnreg=ws_maxnreg())
