@@ -44,7 +44,7 @@ def _hopper_calls(monkeypatch) -> dict[str, list]:
     sm_90): kernel name -> shapes of q it ran on."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the Gluon kernels need an sm_90 GPU (H100 / H200)")
-    for name in ("HOPPER_FWD", "HOPPER_BWD", "HOPPER_BWD_KERNELS", "FUSED_BWD"):
+    for name in ("HOPPER_FWD", "HOPPER_BWD", "HOPPER_BWD_KERNELS", "HOPPER_WS_DIMS", "FUSED_BWD"):
         monkeypatch.delenv(f"SIGCELL_{name}", raising=False)
     monkeypatch.setenv("SIGCELL_HOPPER_FWD_DIMS", "64,128,256")
     monkeypatch.setenv("SIGCELL_HOPPER_BWD_DIMS", "64,128,256")

@@ -129,11 +129,24 @@ def test_flat_rows_rejects_layouts_tma_cannot_read_as_rows():
 def test_hopper_dims_switches(monkeypatch):
     monkeypatch.delenv("SIGCELL_HOPPER_FWD", raising=False)
     monkeypatch.delenv("SIGCELL_HOPPER_FWD_DIMS", raising=False)
-    assert interface._hopper_dims() == {128}
+    assert interface._hopper_dims() == {128, 256}
     monkeypatch.setenv("SIGCELL_HOPPER_FWD_DIMS", "64,128,96")
     assert interface._hopper_dims() == {64, 128}  # 96 has no configuration
     monkeypatch.setenv("SIGCELL_HOPPER_FWD", "0")
     assert interface._hopper_dims() == set()
+
+
+def test_warp_specialized_forward_rule(monkeypatch):
+    """Default: D256 always, D128 from 2048 query rows, D64 never; SIGCELL_HOPPER_WS_DIMS overrides
+    (empty: never)."""
+    monkeypatch.delenv("SIGCELL_HOPPER_WS_DIMS", raising=False)
+    assert [interface._uses_ws_forward(d, 1024) for d in (64, 128, 256)] == [False, False, True]
+    assert [interface._uses_ws_forward(d, 2048) for d in (64, 128, 256)] == [False, True, True]
+    monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "64")
+    assert [interface._uses_ws_forward(d, 16) for d in (64, 128, 256)] == [True, False, False]
+    assert interface._hopper_dims() == {64, 128, 256}  # a forced head dim takes the Gluon forward
+    monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "")
+    assert not any(interface._uses_ws_forward(d, 16384) for d in (64, 128, 256))
 
 
 def test_cpu_tensors_never_take_the_hopper_path():

@@ -252,10 +252,14 @@ def _key_bias_strides(key_bias: torch.Tensor | None, varlen: bool) -> tuple[int,
 # warpgroup (a 64 x 256 float32 accumulator is 128 registers per thread); 3 stages (224 KB of shared
 # memory) measured 578 TFLOPS at L4k against 420 with 2 (NOTES.md, v16).
 _HOPPER_CONFIGS = {64: (64, 128, 4, 2), 128: (128, 64, 4, 2), 256: (64, 64, 4, 3)}
-_HOPPER_DEFAULT_DIMS = "128"
-# Opt-in warp-specialized forward (hopper_ws.py; SIGCELL_HOPPER_WS_DIMS): head dim -> (query rows per
-# consumer warpgroup, BLOCK_N, stages); a program owns two consumers' rows.
-_HOPPER_WS_CONFIGS = {64: (128, 64, 3), 128: (64, 64, 3), 256: (64, 32, 3)}
+_HOPPER_DEFAULT_DIMS = "128,256"
+# Warp-specialized forward (hopper_ws.py): head dim -> (query rows per consumer warpgroup, BLOCK_N,
+# stages); a program owns two consumers' rows. Configs from the v18 sweep (H200, L4k).
+_HOPPER_WS_CONFIGS = {64: (128, 64, 3), 128: (64, 64, 3), 256: (64, 32, 4)}
+# Where it is the default: head dim -> shortest query span (rows per sequence) that takes it. v18 A/B
+# against hopper.py: D128 0.95x at L1k, 1.06-1.09x at L4k-16k; D256 1.01-1.10x; D64 0.92-0.97x the
+# Triton kernel (stays there).
+_HOPPER_WS_MIN_SPAN = {128: 2048, 256: 0}
 # Hopper backward (hopper_bwd.py): kernel -> head dim -> (BLOCK_M, BLOCK_N, warps, stages). dK / dV
 # programs own BLOCK_N keys (one warpgroup per 64 of them) and stream BLOCK_M queries; dQ programs own
 # BLOCK_M queries and stream BLOCK_N keys.
@@ -281,15 +285,24 @@ def _hopper_dims() -> set[int]:
     if os.environ.get("SIGCELL_HOPPER_FWD", "1") == "0":
         return set()
     names = os.environ.get("SIGCELL_HOPPER_FWD_DIMS", _HOPPER_DEFAULT_DIMS)
-    return {int(x) for x in names.split(",") if x.strip()} & set(_HOPPER_CONFIGS) | _hopper_ws_dims()
+    return {int(x) for x in names.split(",") if x.strip()} & set(_HOPPER_CONFIGS) | _forced_ws_dims()
 
 
-def _hopper_ws_dims() -> set[int]:
-    """Head dims that take the warp-specialized Gluon forward (``SIGCELL_HOPPER_WS_DIMS``, default none)."""
-    if os.environ.get("SIGCELL_HOPPER_FWD", "1") == "0":
+def _forced_ws_dims() -> set[int]:
+    """Head dims named by ``SIGCELL_HOPPER_WS_DIMS`` (unset or empty: none)."""
+    names = os.environ.get("SIGCELL_HOPPER_WS_DIMS")
+    if names is None:
         return set()
-    names = os.environ.get("SIGCELL_HOPPER_WS_DIMS", "")
     return {int(x) for x in names.split(",") if x.strip()} & set(_HOPPER_WS_CONFIGS)
+
+
+def _uses_ws_forward(dim: int, span: int) -> bool:
+    """Whether the Gluon forward of head dim ``dim`` runs warp-specialized (hopper_ws.py) for sequences
+    of ``span`` query rows: per _HOPPER_WS_MIN_SPAN, or for exactly the head dims that
+    ``SIGCELL_HOPPER_WS_DIMS`` names (benchmark A/B and tests; empty: never)."""
+    if "SIGCELL_HOPPER_WS_DIMS" in os.environ:
+        return dim in _forced_ws_dims()
+    return dim in _HOPPER_WS_MIN_SPAN and span >= _HOPPER_WS_MIN_SPAN[dim]
 
 
 @functools.cache
@@ -376,7 +389,7 @@ def _hopper_forward(
     """Launch the Gluon forward (hopper.py, or the warp-specialized hopper_ws.py) into ``out``."""
     n_seq, heads = bias.shape
     dim = q.shape[-1]
-    if dim in _hopper_ws_dims():
+    if _uses_ws_forward(dim, span):
         from sigcell.ops.sigmoid_attn import hopper_ws
 
         kernel, warps = hopper_ws.sigmoid_attn_fwd_hopper_ws_kernel, hopper_ws.CONSUMER_WARPS.value
