@@ -1,4 +1,7 @@
-"""Warp-specialized Hopper (sm_90) forward of sigmoid attention in Gluon (opt-in experiment).
+"""Warp-specialized Hopper (sm_90) forward of sigmoid attention in Gluon.
+
+The interface runs it for D256 and for D128 from 2048 rows per sequence (benchmarks/NOTES.md, v18:
+1.06-1.10x hopper.py there on an H200); ``SIGCELL_HOPPER_WS_DIMS`` forces it on or off per head dim.
 
 The forward of hopper.py runs one warpgroup per program; a program with two warpgroups (8 warps) keeps
 them in step, because Gluon puts a CTA-wide barrier before every TMA refill of a shared K / V stage.
@@ -288,6 +291,8 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
     kb_base = KEY_BIAS + i_b * stride_kbb + start_k * stride_kbt
     out_row0 = i_b * rows_q + start_q
     out_col = i_h * D
+    # The argument tuples are spelled out in place: a tuple built in a variable first turns the
+    # constexpr flags (CAUSAL, HAS_KEY_BIAS) into runtime booleans (Triton 3.6).
     gl.warp_specialize(
         [
             (
