@@ -44,7 +44,8 @@ def _hopper_calls(monkeypatch) -> dict[str, list]:
     sm_90): kernel name -> shapes of q it ran on."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the Gluon kernels need an sm_90 GPU (H100 / H200)")
-    for name in ("HOPPER_FWD", "HOPPER_BWD", "HOPPER_BWD_KERNELS", "HOPPER_WS_DIMS", "FUSED_BWD"):
+    switches = ("HOPPER_FWD", "HOPPER_BWD", "HOPPER_BWD_KERNELS", "HOPPER_WS_DIMS", "HOPPER_WS_BWD_DIMS")
+    for name in (*switches, "FUSED_BWD"):
         monkeypatch.delenv(f"SIGCELL_{name}", raising=False)
     monkeypatch.setenv("SIGCELL_HOPPER_FWD_DIMS", "64,128,256")
     monkeypatch.setenv("SIGCELL_HOPPER_BWD_DIMS", "64,128,256")
@@ -141,13 +142,32 @@ def test_hopper_ws_forward_matches_reference(dtype, causal, layout, dim, monkeyp
     assert calls["forward"], calls
 
 
+@pytest.mark.parametrize(("dtype", "causal", "layout", "dim"), WS_GRID)
+def test_hopper_ws_dq_matches_reference(dtype, causal, layout, dim, monkeypatch):
+    """The opt-in warp-specialized dQ kernel (hopper_ws.py, SIGCELL_HOPPER_WS_BWD_DIMS)."""
+    calls = _hopper_calls(monkeypatch)
+    monkeypatch.setenv("SIGCELL_HOPPER_WS_BWD_DIMS", "64,128,256")
+    index = WS_GRID.index((dtype, causal, layout, dim))
+    case = make_case(
+        8900 + index, layout=layout, batch=3, lq=700 if causal else 731, lk=731 if causal else 677,
+        heads=4, kv_heads=2, dim=dim, causal=causal, key_bias=bool(index % 2),
+        bias_mode=("none", "float", "tensor")[index % 3], device="cuda",
+    )
+    _check(case, DTYPES[dtype])
+    assert calls["dq"], calls
+
+
 @pytest.mark.parametrize("dim", [64, 128, 256])
 @pytest.mark.parametrize("layout", ["padded", "varlen"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_hopper_ws_forward_edges(dim, layout, causal, monkeypatch):
-    """Lengths 0 and 1, one row or key past a program, a program and a half, NaN-free padding."""
+@pytest.mark.parametrize("kernels", ["fwd", "fwd,dq"])
+def test_hopper_ws_edges(dim, layout, causal, kernels, monkeypatch):
+    """Lengths 0 and 1, one row or key past a program, a program and a half: the warp-specialized
+    forward, and with it the warp-specialized dQ kernel."""
     _hopper_calls(monkeypatch)
     monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "64,128,256")
+    if "dq" in kernels:
+        monkeypatch.setenv("SIGCELL_HOPPER_WS_BWD_DIMS", "64,128,256")
     case = make_case(
         8800 + 2 * dim + causal, layout=layout, lq=300, lk=300, lens_q=[1, 0, 300, 0, 129, 257, 192],
         lens_k=[1, 0, 0, 300, 77, 65, 191], heads=2, kv_heads=1, dim=dim, causal=causal, key_bias=True,
@@ -183,13 +203,19 @@ def test_hopper_fused_backward_matches_reference(dtype, causal, layout, dim, mon
     assert calls["dkdv"] and not calls["dq"], calls
 
 
-@pytest.mark.parametrize(("kernels", "dim"), [("dkdv,dq", 128), ("fused", 128), ("dkdv,dq", 256)])
+@pytest.mark.parametrize(
+    ("kernels", "dim"), [("dkdv,dq", 128), ("fused", 128), ("dkdv,dq", 256), ("ws-dq", 128), ("ws-dq", 256)]
+)
 @pytest.mark.parametrize("causal", [False, True])
 def test_hopper_kernels_ignore_nan_padding(causal, kernels, dim, monkeypatch):
     """NaN in the padding rows of q / k / v / dout changes nothing, forward or backward (the kernels read
     padding past each sequence through TMA, mask its scores and zero those operand rows)."""
     calls = _hopper_calls(monkeypatch)
-    monkeypatch.setenv("SIGCELL_HOPPER_BWD_KERNELS", kernels)
+    if kernels == "ws-dq":  # the warp-specialized dQ kernel (and forward) with the split dK / dV
+        monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", str(dim))
+        monkeypatch.setenv("SIGCELL_HOPPER_WS_BWD_DIMS", str(dim))
+    else:
+        monkeypatch.setenv("SIGCELL_HOPPER_BWD_KERNELS", kernels)
     gen = torch.Generator(device="cuda").manual_seed(8200 + causal)
     lens = torch.tensor([333, 200, 1, 64], dtype=torch.int32, device="cuda")
     q, k, v, dout = (

@@ -67,19 +67,24 @@ def test_backward_compiles_for_sm90_with_overlapped_wgmma(kind, dim, dtype, caus
 @pytest.mark.parametrize(
     ("dim", "causal", "key_bias"), [(64, True, False), (128, False, True), (256, True, True)]
 )
-def test_ws_forward_compiles_for_sm90(dim, causal, key_bias):
-    """The warp-specialized forward: register reallocation between partitions, each consumer's loops
-    overlap the sigmoid with P V, shared memory within an SM, and no CTA-wide barrier (which would
-    deadlock partitions that run different code)."""
+@pytest.mark.parametrize("kind", ["fwd", "dq"])
+def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
+    """The warp-specialized forward and dQ kernels: register reallocation between partitions, each
+    consumer's loops keep a matmul in flight while it computes (forward: P V during the sigmoid; dQ: dP
+    and dQ during the tanh, then dQ during dS), shared memory within an SM, and no CTA-wide barrier
+    (which would deadlock partitions that run different code)."""
     import re
 
     from sigcell.ops.sigmoid_attn.hopper_ws import compile_ws_sm90
 
-    config = interface._HOPPER_WS_CONFIGS[dim]
-    kernel = compile_ws_sm90(dim, config, causal=causal, key_bias=key_bias, padded=not causal, group=2)
+    configs = interface._HOPPER_WS_CONFIGS if kind == "fwd" else interface._HOPPER_WS_DQ_CONFIGS
+    flags = {"causal": causal, "key_bias": key_bias, "padded": not causal}
+    kernel = compile_ws_sm90(dim, configs[dim], kind=kind, group=2, **flags)
     ptx = kernel.asm["ptx"]
-    assert "setmaxnreg.inc.sync.aligned.u32 \t240;" in ptx or "setmaxnreg.inc.sync.aligned.u32 240;" in ptx
-    assert ptx.count("wgmma.wait_group.sync.aligned 1;") == 4  # two consumers x two key loops
+    assert re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+240;", ptx)
+    waits = {n: ptx.count(f"wgmma.wait_group.sync.aligned {n};") for n in range(3)}
+    # Two consumers x two key loops (dQ: plus the first block's wait for S with dP in flight).
+    assert waits[1] == 4 if kind == "fwd" else (waits[2], waits[1]) == (4, 6)
     assert not re.search(r"\bbar\.sync\s+0;", ptx)  # partition barriers name their thread count
     assert kernel.metadata.shared <= 227 * 1024
 
@@ -179,6 +184,7 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
     for module, name in [
         (hopper, "sigmoid_attn_fwd_hopper_kernel"),
         (hopper_ws, "sigmoid_attn_fwd_hopper_ws_kernel"),
+        (hopper_ws, "sigmoid_attn_bwd_dq_hopper_ws_kernel"),
         (hopper_bwd, "sigmoid_attn_bwd_dkdv_hopper_kernel"),
         (hopper_bwd, "sigmoid_attn_bwd_dq_hopper_kernel"),
     ]:
@@ -201,6 +207,11 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
     monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "128")
     interface._hopper_forward(q, k, k, *common)
     monkeypatch.delenv("SIGCELL_HOPPER_WS_DIMS")
+    monkeypatch.setenv("SIGCELL_HOPPER_WS_BWD_DIMS", "128")
+    ws_dbias = interface._hopper_dq(
+        q, k, k, q, torch.empty_like(q), bias, key_bias, lengths, 0.1, True, varlen, rows
+    )
+    monkeypatch.delenv("SIGCELL_HOPPER_WS_BWD_DIMS")
     # D256: dV and dK in one launch each.
     wide = [torch.zeros(*t.shape[:-1], 256, dtype=torch.bfloat16) for t in (q, k)]
     interface._hopper_dkdv(
@@ -213,14 +224,17 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
         "sigmoid_attn_bwd_dkdv_hopper_kernel",
         "sigmoid_attn_bwd_dq_hopper_kernel",
         "sigmoid_attn_fwd_hopper_ws_kernel",
+        "sigmoid_attn_bwd_dq_hopper_ws_kernel",
         "sigmoid_attn_bwd_dkdv_hopper_kernel",
         "sigmoid_attn_bwd_dkdv_hopper_kernel",
     ]
     assert [parts for *_, parts in launches[1:]] == [
-        (True, True), (True, True), (None, None), (None, None), (False, True), (True, False)
+        (True, True), (True, True), (None, None), (None, None), (None, None), (False, True), (True, False)
     ]  # fmt: skip
-    # The warp-specialized forward: two consumers' query rows (2 x 64 at D128) per program.
-    assert launches[4][1] == (1, batch * heads)
+    # Warp-specialized kernels: two consumers' query rows (2 x 64 at D128) per program; the dQ kernel
+    # still keeps one d bias slot per 64 rows.
+    assert launches[4][1] == (1, batch * heads) and launches[5][1] == (1, batch * heads)
+    assert ws_dbias.shape == (batch * heads, 2)
     # Grids: (query blocks, sequences x heads) or (key blocks, sequences x KV heads).
     assert launches[0][1] == (1, batch * heads) and launches[1][1][1] == batch * kv_heads
     assert fused.shape[0] == batch * heads and dbias.shape == (batch * heads, launches[3][1][0])

@@ -33,6 +33,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from sigcell.ops.sigmoid_attn.hopper import _key_blocks, _mma_layout, _p_block, _store_rows, _zero_rows_past
+from sigcell.ops.sigmoid_attn.hopper_bwd import _add, _ds_block
 
 CONSUMER_WARPS = gl.constexpr(4)
 PRODUCER_REGS = gl.constexpr(24)
@@ -44,12 +45,19 @@ def _producer(
     q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, row_q, col_q, row_k, col_k, n_blocks
 ):
     """Load both Q tiles, then every key block of the program into the ring (waits for a free stage)."""
-    BN: gl.constexpr = k_desc.block_type.shape[0]
-    STAGES: gl.constexpr = k_smem.shape[0]
     BM: gl.constexpr = q_desc.block_type.shape[0]
     mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [row_q, col_q], q_bar, q_smem.index(0))
     tma.async_copy_global_to_shared(q_desc, [row_q + BM, col_q], q_bar, q_smem.index(1))
+    _stream_kv(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, col_k, n_blocks)
+
+
+@gluon.jit
+def _stream_kv(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, col_k, n_blocks):
+    """Load key blocks 0 .. n_blocks - 1 (K and V) into the ring, each once both consumers freed its
+    stage (``empty``) and announced by its ``ready`` barrier's transaction count."""
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    STAGES: gl.constexpr = k_smem.shape[0]
     for j in range(n_blocks):
         stage = j % STAGES
         mbarrier.wait(empty.index(stage), ((j // STAGES) & 1) ^ 1)  # the first pass finds stages free
@@ -323,6 +331,297 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
         mbarrier.invalidate(empty.index(st))
 
 
+# ----------------------------------------------------------------------------------------------------
+# dQ of the backward (opt-in, SIGCELL_HOPPER_WS_BWD_DIMS): hopper_bwd's dQ kernel with the same split
+# ----------------------------------------------------------------------------------------------------
+
+
+@gluon.jit
+def _dq_consumer_step(
+    j,
+    ds_prev,
+    dq,
+    dsum,
+    q_tile,
+    do_tile,
+    k_smem,
+    v_smem,
+    ready,
+    empty,
+    s_zero,
+    o_m,
+    scale_half,
+    bias_half,
+    kb_base,
+    stride_kbt,
+    len_k,
+    shift,
+    HAS_KEY_BIAS: gl.constexpr,
+    MASK: gl.constexpr,
+    CAUSAL: gl.constexpr,
+):
+    """hopper_bwd._dq_step on the shared ring: the stage of block j - 1 is released instead of refilled."""
+    STAGES: gl.constexpr = k_smem.shape[0]
+    BN: gl.constexpr = k_smem.shape[1]
+    dtype: gl.constexpr = k_smem.dtype
+    op_layout: gl.constexpr = ds_prev.type.layout
+    stage = j % STAGES
+    prev = (j - 1) % STAGES
+    mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
+    s_tok = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    dp_tok = warpgroup_mma(do_tile, v_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    dq_tok = warpgroup_mma(ds_prev, k_smem.index(prev), dq, is_async=True)
+    s = warpgroup_mma_wait(2, deps=(s_tok,))
+    ds_next, dsum = _ds_block(
+        s, dp_tok, dsum, j * BN, o_m, scale_half, bias_half, kb_base, stride_kbt, len_k, shift,
+        HAS_KEY_BIAS, MASK, CAUSAL, dtype, op_layout, 1,
+    )  # fmt: skip
+    dq, ds_prev = warpgroup_mma_wait(0, deps=(dq_tok, ds_prev))
+    mbarrier.arrive(empty.index(prev), count=1)
+    return ds_next, dq, dsum
+
+
+@gluon.jit
+def _dq_consumer(
+    WG: gl.constexpr,
+    q_smem,
+    do_smem,
+    k_smem,
+    v_smem,
+    q_bar,
+    ready,
+    empty,
+    DQ,
+    DBIAS,
+    m0,
+    len_q,
+    len_k,
+    store_rows,
+    n_total,
+    out_row0,
+    out_col,
+    stride_dqt,
+    kb_base,
+    stride_kbt,
+    scale,
+    bias_half,
+    dbias_row,
+    num_m_blocks,
+    CAUSAL: gl.constexpr,
+    HAS_KEY_BIAS: gl.constexpr,
+):
+    """dQ of query rows ``m0 + WG * BM + [0, BM)`` and their sum of dS (DBIAS slot ``dbias_row`` + the
+    query block, none past ``num_m_blocks``), as hopper_bwd's dQ kernel, on the shared K / V ring."""
+    BM: gl.constexpr = q_smem.shape[1]
+    D: gl.constexpr = q_smem.shape[2]
+    BN: gl.constexpr = k_smem.shape[1]
+    STAGES: gl.constexpr = k_smem.shape[0]
+    dtype: gl.constexpr = k_smem.dtype
+    num_warps: gl.constexpr = 4
+    s_layout: gl.constexpr = _mma_layout(num_warps, BN)
+    acc_layout: gl.constexpr = _mma_layout(num_warps, D)
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    q_tile = q_smem.index(WG)
+    do_tile = do_smem.index(WG)
+    mine = m0 + WG * BM
+    shift, n_blocks, n_full = _key_blocks(mine, len_q, len_k, BM, BN, CAUSAL)
+    scale_half = 0.5 * scale
+    o_m = mine + gl.arange(0, BM, layout=gl.SliceLayout(1, s_layout))
+    dq = gl.zeros([BM, D], gl.float32, acc_layout)
+    dsum = gl.zeros([BM, BN], gl.float32, s_layout)  # 4 dS summed over key blocks
+    if n_blocks > 0:
+        s_zero = gl.zeros([BM, BN], gl.float32, s_layout)
+        mbarrier.wait(q_bar, 0)
+        mbarrier.wait(ready.index(0), 0)
+        s_tok = warpgroup_mma(q_tile, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        dp_tok = warpgroup_mma(do_tile, v_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(1, deps=(s_tok,))
+        ds, dsum = _ds_block(
+            s, dp_tok, dsum, 0, o_m, scale_half, bias_half, kb_base, stride_kbt, len_k, shift,
+            HAS_KEY_BIAS, True, CAUSAL, dtype, op_layout, 0,
+        )  # fmt: skip
+        for j in range(1, n_full):
+            ds, dq, dsum = _dq_consumer_step(
+                j, ds, dq, dsum, q_tile, do_tile, k_smem, v_smem, ready, empty, s_zero, o_m, scale_half,
+                bias_half, kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS, False, CAUSAL,
+            )  # fmt: skip
+        for j in range(gl.maximum(n_full, 1), n_blocks):
+            ds, dq, dsum = _dq_consumer_step(
+                j, ds, dq, dsum, q_tile, do_tile, k_smem, v_smem, ready, empty, s_zero, o_m, scale_half,
+                bias_half, kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS, True, CAUSAL,
+            )  # fmt: skip
+        last = n_blocks - 1
+        if n_blocks * BN > len_k:  # only the last block runs past the keys: their K rows must not reach dQ
+            _zero_rows_past(k_smem.index(last % STAGES), last * BN, len_k, num_warps)
+        dq_tok = warpgroup_mma(ds, k_smem.index(last % STAGES), dq, is_async=True)
+        dq = warpgroup_mma_wait(0, deps=(dq_tok,))
+        mbarrier.arrive(empty.index(last % STAGES), count=1)
+    for j in range(n_blocks, n_total):  # the other consumer's extra blocks: release them unread
+        mbarrier.wait(ready.index(j % STAGES), (j // STAGES) & 1)
+        mbarrier.arrive(empty.index(j % STAGES), count=1)
+    seq = out_row0.to(gl.int64) * stride_dqt + out_col
+    _store_rows(DQ + seq, mine, stride_dqt, (dq * (0.25 * scale)).to(dtype), store_rows, len_q, num_warps)
+    dsum = gl.where((o_m < len_q)[:, None], dsum, 0.0)
+    total = gl.reduce(gl.reduce(dsum, 1, _add), 0, _add) * 0.25
+    block = mine // BM  # this consumer's query block: its DBIAS slot (none past num_m_blocks)
+    gl.store(DBIAS + dbias_row + block, total, mask=block < num_m_blocks)
+
+
+@gluon.jit
+def _dq_first_consumer(
+    q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ, DBIAS, m0,
+    len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base, stride_kbt, scale,
+    bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL: gl.constexpr,
+    HAS_KEY_BIAS: gl.constexpr,
+):  # fmt: skip
+    _dq_consumer(
+        0, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ, DBIAS, m0, len_q, len_k, store_rows,
+        n_total, out_row0, out_col, stride_dqt, kb_base, stride_kbt, scale, bias_half, dbias_row,
+        num_m_blocks, CAUSAL, HAS_KEY_BIAS,
+    )  # fmt: skip
+
+
+@gluon.jit
+def _dq_second_consumer(
+    q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ, DBIAS, m0,
+    len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base, stride_kbt, scale,
+    bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL: gl.constexpr,
+    HAS_KEY_BIAS: gl.constexpr,
+):  # fmt: skip
+    _dq_consumer(
+        1, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ, DBIAS, m0, len_q, len_k, store_rows,
+        n_total, out_row0, out_col, stride_dqt, kb_base, stride_kbt, scale, bias_half, dbias_row,
+        num_m_blocks, CAUSAL, HAS_KEY_BIAS,
+    )  # fmt: skip
+
+
+@gluon.jit
+def _dq_loader(
+    q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ, DBIAS, m0,
+    len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base, stride_kbt, scale,
+    bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL: gl.constexpr,
+    HAS_KEY_BIAS: gl.constexpr,
+):  # fmt: skip
+    """Both consumers' Q and dO tiles, then the K / V ring."""
+    BM: gl.constexpr = q_desc.block_type.shape[0]
+    if n_total > 0:
+        mbarrier.expect(q_bar, 2 * (q_desc.block_type.nbytes + do_desc.block_type.nbytes))
+        for w in gl.static_range(2):
+            tma.async_copy_global_to_shared(q_desc, [row_q + w * BM, out_col], q_bar, q_smem.index(w))
+            tma.async_copy_global_to_shared(do_desc, [row_q + w * BM, out_col], q_bar, do_smem.index(w))
+        _stream_kv(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, col_k, n_total)
+
+
+@gluon.jit
+def sigmoid_attn_bwd_dq_hopper_ws_kernel(
+    q_desc,
+    do_desc,
+    k_desc,
+    v_desc,
+    DQ,
+    DBIAS,
+    BIAS,
+    KEY_BIAS,
+    START_Q,
+    LEN_Q,
+    START_K,
+    LEN_K,
+    rows_q,
+    rows_k,
+    stride_dqt,
+    stride_kbb,
+    stride_kbt,
+    num_m_blocks,
+    scale,
+    H: gl.constexpr,
+    GROUP: gl.constexpr,
+    CAUSAL: gl.constexpr,
+    HAS_KEY_BIAS: gl.constexpr,
+    STORE_ALL_ROWS: gl.constexpr,
+    STAGES: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """hopper_bwd.sigmoid_attn_bwd_dq_hopper_kernel with a producer warp and two consumer warpgroups: one
+    program per (2 BM query rows, sequence x head); DBIAS keeps one slot per BM rows (``num_m_blocks``
+    of them per sequence x head)."""
+    BM: gl.constexpr = q_desc.block_type.shape[0]
+    D: gl.constexpr = q_desc.block_type.shape[1]
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    dtype: gl.constexpr = q_desc.dtype
+
+    i_m = gl.program_id(0)
+    i_bh = gl.program_id(1)
+    if CAUSAL:  # the longest programs (last query blocks) start first
+        i_m = gl.num_programs(0) - 1 - i_m
+    i_b = i_bh // H
+    i_h = i_bh % H
+    start_q = gl.load(START_Q + i_b)
+    len_q = gl.load(LEN_Q + i_b)
+    start_k = gl.load(START_K + i_b)
+    len_k = gl.load(LEN_K + i_b)
+    store_rows = len_q
+    if STORE_ALL_ROWS:
+        store_rows = rows_q
+    m0 = i_m * 2 * BM  # no early return: see sigmoid_attn_fwd_hopper_ws_kernel
+    _, n_second, _ = _key_blocks(m0 + BM, len_q, len_k, BM, BN, CAUSAL)
+    _, n_first, _ = _key_blocks(m0, len_q, len_k, BM, BN, CAUSAL)
+    n_total = gl.maximum(n_first, n_second)
+
+    q_smem = gl.allocate_shared_memory(dtype, [2, BM, D], q_desc.layout)
+    do_smem = gl.allocate_shared_memory(dtype, [2, BM, D], do_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for st in gl.static_range(STAGES):
+        mbarrier.init(ready.index(st), count=1)
+        mbarrier.init(empty.index(st), count=2)  # one arrival per consumer
+    fence_async_shared()
+
+    row_q = i_b * rows_q + start_q + m0
+    row_k = i_b * rows_k + start_k
+    col_k = (i_h // GROUP) * D
+    bias_half = 0.5 * gl.load(BIAS + i_bh)
+    kb_base = KEY_BIAS + i_b * stride_kbb + start_k * stride_kbt
+    out_row0 = i_b * rows_q + start_q
+    out_col = i_h * D
+    dbias_row = i_bh * num_m_blocks
+    # Argument tuples spelled out in place (see sigmoid_attn_fwd_hopper_ws_kernel).
+    gl.warp_specialize(
+        [
+            (
+                _dq_first_consumer,
+                (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ,
+                 DBIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base,
+                 stride_kbt, scale, bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL,
+                 HAS_KEY_BIAS),
+            ),
+            (
+                _dq_second_consumer,
+                (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ,
+                 DBIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base,
+                 stride_kbt, scale, bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL,
+                 HAS_KEY_BIAS),
+            ),
+            (
+                _dq_loader,
+                (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ,
+                 DBIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base,
+                 stride_kbt, scale, bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL,
+                 HAS_KEY_BIAS),
+            ),
+        ],
+        [CONSUMER_WARPS, 1],
+        [CONSUMER_REGS, PRODUCER_REGS],
+    )  # fmt: skip
+    mbarrier.invalidate(q_bar)
+    for st in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(st))
+        mbarrier.invalidate(empty.index(st))
+
+
 def ws_maxnreg() -> int:
     """Per-thread register limit to launch with: 3 warpgroups (consumer, consumer, producer rounded up)
     share the 64 K registers; the default partition (the first consumer) gets what the workers leave."""
@@ -333,6 +632,7 @@ def compile_ws_sm90(
     dim: int,
     config: tuple[int, int, int],
     *,
+    kind: str = "fwd",
     dtype: str = "bf16",
     causal: bool = False,
     key_bias: bool = False,
@@ -340,8 +640,8 @@ def compile_ws_sm90(
     heads: int = 8,
     group: int = 1,
 ):
-    """The warp-specialized forward compiled for sm_90a without a GPU; ``config`` = (BM per consumer,
-    BN, STAGES)."""
+    """The warp-specialized forward (``kind="fwd"``) or dQ kernel (``"dq"``) compiled for sm_90a without
+    a GPU; ``config`` = (BM per consumer, BN, STAGES)."""
     from sigcell.ops.sigmoid_attn.hopper import compile_for_sm90, forward_args
 
     block_m, block_n, stages = config
@@ -354,6 +654,16 @@ def compile_ws_sm90(
         "STAGES": stages,
         "num_warps": CONSUMER_WARPS.value,
     }
-    blocks = {"q_desc": block_m, "k_desc": block_n, "v_desc": block_n}
-    kernel = sigmoid_attn_fwd_hopper_ws_kernel
-    return compile_for_sm90(kernel, blocks, forward_args(), constants, dim, dtype, maxnreg=ws_maxnreg())
+    if kind == "fwd":
+        kernel, args = sigmoid_attn_fwd_hopper_ws_kernel, forward_args()
+        blocks = {"q_desc": block_m, "k_desc": block_n, "v_desc": block_n}
+    elif kind == "dq":
+        kernel = sigmoid_attn_bwd_dq_hopper_ws_kernel
+        args = {"DQ": "*dt", **dict.fromkeys(("DBIAS", "BIAS", "KEY_BIAS"), "*fp32")}
+        args.update(dict.fromkeys(("START_Q", "LEN_Q", "START_K", "LEN_K"), "*i32"))
+        ints = ("rows_q", "rows_k", "stride_dqt", "stride_kbb", "stride_kbt", "num_m_blocks")
+        args.update({**dict.fromkeys(ints, "i32"), "scale": "fp32"})
+        blocks = {"q_desc": block_m, "do_desc": block_m, "k_desc": block_n, "v_desc": block_n}
+    else:
+        raise ValueError(f"kind must be 'fwd' or 'dq', got {kind!r}")
+    return compile_for_sm90(kernel, blocks, args, constants, dim, dtype, maxnreg=ws_maxnreg())

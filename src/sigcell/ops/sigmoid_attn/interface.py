@@ -260,6 +260,9 @@ _HOPPER_WS_CONFIGS = {64: (128, 64, 3), 128: (64, 64, 3), 256: (64, 32, 4)}
 # against hopper.py: D128 0.95x at L1k, 1.06-1.09x at L4k-16k; D256 1.01-1.10x; D64 0.92-0.97x the
 # Triton kernel (stays there).
 _HOPPER_WS_MIN_SPAN = {128: 2048, 256: 0}
+# Opt-in warp-specialized dQ kernel (hopper_ws.py; SIGCELL_HOPPER_WS_BWD_DIMS, default none: not yet
+# timed on a GPU): head dim -> (query rows per consumer, BLOCK_N, stages); ptxas keeps them spill-free.
+_HOPPER_WS_DQ_CONFIGS = {64: (64, 64, 2), 128: (64, 64, 2), 256: (64, 32, 2)}
 # Hopper backward (hopper_bwd.py): kernel -> head dim -> (BLOCK_M, BLOCK_N, warps, stages). dK / dV
 # programs own BLOCK_N keys (one warpgroup per 64 of them) and stream BLOCK_M queries; dQ programs own
 # BLOCK_M queries and stream BLOCK_N keys.
@@ -495,16 +498,31 @@ def _hopper_dkdv(
     return dbias_part
 
 
-def _hopper_dq(q, k, v, dout, dq, bias, key_bias, lengths, scale, causal, varlen, span_q) -> torch.Tensor:
-    """Launch the Gluon dQ kernel (hopper_bwd.py) into ``dq``; returns the per-(sequence x head, query
-    block) sums of dS (for d bias)."""
-    from sigcell.ops.sigmoid_attn.hopper_bwd import sigmoid_attn_bwd_dq_hopper_kernel
+def _uses_ws_dq(dim: int) -> bool:
+    """Whether dQ runs the warp-specialized kernel: for the head dims ``SIGCELL_HOPPER_WS_BWD_DIMS`` names."""
+    names = os.environ.get("SIGCELL_HOPPER_WS_BWD_DIMS", "")
+    return dim in {int(x) for x in names.split(",") if x.strip()} & set(_HOPPER_WS_DQ_CONFIGS)
 
+
+def _hopper_dq(q, k, v, dout, dq, bias, key_bias, lengths, scale, causal, varlen, span_q) -> torch.Tensor:
+    """Launch the Gluon dQ kernel (hopper_bwd.py, or the warp-specialized one of hopper_ws.py) into
+    ``dq``; returns the per-(sequence x head, query block) sums of dS (for d bias)."""
     n_seq, heads = bias.shape
-    block_m, block_n, warps, stages = _hopper_bwd_config("dq", q.shape[-1])
+    dim = q.shape[-1]
+    if _uses_ws_dq(dim):
+        from sigcell.ops.sigmoid_attn import hopper_ws
+
+        kernel, warps = hopper_ws.sigmoid_attn_bwd_dq_hopper_ws_kernel, hopper_ws.CONSUMER_WARPS.value
+        block_m, block_n, stages = _config_override.get("hopper_ws_dq") or _HOPPER_WS_DQ_CONFIGS[dim]
+        program_rows, options = 2 * block_m, {"maxnreg": hopper_ws.ws_maxnreg()}
+    else:
+        from sigcell.ops.sigmoid_attn.hopper_bwd import sigmoid_attn_bwd_dq_hopper_kernel as kernel
+
+        block_m, block_n, warps, stages = _hopper_bwd_config("dq", dim)
+        program_rows, options = block_m, {}
     num_m = _cdiv(max(span_q, 1), block_m)
     dbias_part = torch.zeros(n_seq * heads, num_m, dtype=torch.float32, device=q.device)
-    sigmoid_attn_bwd_dq_hopper_kernel[(num_m, n_seq * heads)](
+    kernel[(_cdiv(max(span_q, 1), program_rows), n_seq * heads)](
         _flat_descriptor(q, block_m),
         _flat_descriptor(dout, block_m),
         _flat_descriptor(k, block_n),
@@ -521,6 +539,7 @@ def _hopper_dq(q, k, v, dout, dq, bias, key_bias, lengths, scale, causal, varlen
         num_m,
         scale,
         **_hopper_constants(heads, k, key_bias, causal, varlen, stages, warps),
+        **options,
     )
     return dbias_part
 
