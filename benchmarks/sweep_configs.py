@@ -2,12 +2,13 @@
 B = 16384 / L, H = 2048 / D) and print the best per head dim. Results go to JSON.
 
 Usage: PYTHONPATH=src python3 benchmarks/sweep_configs.py [--out DIR] [--dims 64,128,256] [--L 4096]
-       [--kinds fwd,dkdv,dq,fused,hopper_fwd,hopper_ws,hopper_ws_dq,hopper_dkdv,hopper_dq,hopper_fused]
+       [--kinds fwd,dkdv,dq,fused,hopper_fwd,hopper_ws,hopper_ws_dq,hopper_ws_dkdv,hopper_dkdv,hopper_dq,
+       hopper_fused]
        (fused: the opt-in fused backward, timed with SIGCELL_FUSED_BWD=1; hopper_fwd: the Gluon forward,
-       D64 and D256 included; hopper_ws / hopper_ws_dq: the warp-specialized Gluon forward / dQ kernel,
-       configs (rows per consumer, BLOCK_N, stages); hopper_dkdv / hopper_dq: a Gluon backward kernel
-       on sm_90, timed with the other backward kernel in Triton; hopper_fused: the opt-in one-kernel
-       Gluon backward;
+       D64 and D256 included; hopper_ws / hopper_ws_dq / hopper_ws_dkdv: the warp-specialized Gluon
+       forward / dQ / dK-dV kernel, configs (BM, BN, stages); hopper_dkdv / hopper_dq: a Gluon backward
+       kernel on sm_90, timed with the other backward kernel in Triton; hopper_fused: the opt-in
+       one-kernel Gluon backward;
        dkdv / dq time the Triton kernels with the Gluon backward off)
        [--causal] [--configs 'M,N,W,S;...'] [--rounds R]   (R interleaved passes; medians kept)
 """
@@ -77,8 +78,11 @@ CANDIDATES = {
     # Warp-specialized forward (hopper_ws.py): (rows per consumer, BLOCK_N, stages); ptxas: D128 with
     # 128 rows per consumer spills 196 bytes.
     "hopper_ws": [(128, 64, 2), (128, 64, 3), (128, 64, 4), (64, 64, 2), (64, 64, 3)],
-    # Warp-specialized dQ kernel (timed as the whole backward); ptxas: 128-row consumers spill at D64.
+    # Warp-specialized backward (timed whole, one kernel's config swept); ptxas: 128-row dQ consumers
+    # spill 2.3 KB at D64; dK / dV (query rows per block, keys per consumer, stages) 64 x 64 spills 108
+    # bytes at D128.
     "hopper_ws_dq": [(64, 64, 2), (64, 64, 3), (64, 32, 3), (64, 128, 2)],
+    "hopper_ws_dkdv": [(64, 64, 2), (64, 64, 3), (32, 64, 2), (32, 64, 3)],
     "hopper_dq": [
         (128, 64, 8, 2),
         (128, 64, 8, 3),
@@ -104,6 +108,7 @@ CANDIDATES_D256 = {
     # ptxas (sm_90a, no GPU): 197-247 registers, no spills; 64 x 128 / 4 spills 1.1 KB.
     "hopper_ws": [(64, 32, 3), (64, 64, 2), (64, 32, 4)],
     "hopper_ws_dq": [(64, 32, 2), (64, 64, 1)],
+    "hopper_ws_dkdv": [(32, 64, 2), (32, 32, 3)],
     "hopper_fwd": [
         (64, 64, 4, 2),
         (64, 32, 4, 3),
@@ -169,10 +174,10 @@ def main():
             os.environ["SIGCELL_FUSED_BWD"] = "1" if kind == "fused" else "0"
             # Each Gluon kernel is timed next to the other kernel in Triton; Triton kinds without Gluon.
             os.environ["SIGCELL_HOPPER_BWD"] = "1" if kind.startswith("hopper_") else "0"
-            # hopper_ws_dq: the warp-specialized dQ kernel next to the Gluon dK / dV kernel.
-            gluon_bwd = "dkdv,dq" if kind == "hopper_ws_dq" else kind.removeprefix("hopper_")
-            os.environ["SIGCELL_HOPPER_BWD_KERNELS"] = gluon_bwd
-            os.environ["SIGCELL_HOPPER_WS_BWD_DIMS"] = "64,128,256" if kind == "hopper_ws_dq" else ""
+            # hopper_ws_dq / hopper_ws_dkdv: the warp-specialized backward, one kernel's config swept.
+            ws_bwd = kind in ("hopper_ws_dq", "hopper_ws_dkdv")
+            os.environ["SIGCELL_HOPPER_BWD_KERNELS"] = "dkdv,dq" if ws_bwd else kind.removeprefix("hopper_")
+            os.environ["SIGCELL_HOPPER_WS_BWD_DIMS"] = "64,128,256" if ws_bwd else ""
             os.environ["SIGCELL_HOPPER_FWD_DIMS"] = "64,128,256" if kind == "hopper_fwd" else "128"
             os.environ["SIGCELL_HOPPER_BWD_DIMS"] = "64,128,256"
             os.environ["SIGCELL_HOPPER_WS_DIMS"] = "64,128,256" if kind == "hopper_ws" else ""

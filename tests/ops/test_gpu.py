@@ -143,8 +143,8 @@ def test_hopper_ws_forward_matches_reference(dtype, causal, layout, dim, monkeyp
 
 
 @pytest.mark.parametrize(("dtype", "causal", "layout", "dim"), WS_GRID)
-def test_hopper_ws_dq_matches_reference(dtype, causal, layout, dim, monkeypatch):
-    """The opt-in warp-specialized dQ kernel (hopper_ws.py, SIGCELL_HOPPER_WS_BWD_DIMS)."""
+def test_hopper_ws_backward_matches_reference(dtype, causal, layout, dim, monkeypatch):
+    """The opt-in warp-specialized dQ and dK / dV kernels (hopper_ws.py, SIGCELL_HOPPER_WS_BWD_DIMS)."""
     calls = _hopper_calls(monkeypatch)
     monkeypatch.setenv("SIGCELL_HOPPER_WS_BWD_DIMS", "64,128,256")
     index = WS_GRID.index((dtype, causal, layout, dim))
@@ -154,19 +154,19 @@ def test_hopper_ws_dq_matches_reference(dtype, causal, layout, dim, monkeypatch)
         bias_mode=("none", "float", "tensor")[index % 3], device="cuda",
     )
     _check(case, DTYPES[dtype])
-    assert calls["dq"], calls
+    assert calls["dq"] and calls["dkdv"], calls
 
 
 @pytest.mark.parametrize("dim", [64, 128, 256])
 @pytest.mark.parametrize("layout", ["padded", "varlen"])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("kernels", ["fwd", "fwd,dq"])
+@pytest.mark.parametrize("kernels", ["fwd", "fwd,bwd"])
 def test_hopper_ws_edges(dim, layout, causal, kernels, monkeypatch):
     """Lengths 0 and 1, one row or key past a program, a program and a half: the warp-specialized
-    forward, and with it the warp-specialized dQ kernel."""
+    forward, and with it the warp-specialized backward."""
     _hopper_calls(monkeypatch)
     monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "64,128,256")
-    if "dq" in kernels:
+    if "bwd" in kernels:
         monkeypatch.setenv("SIGCELL_HOPPER_WS_BWD_DIMS", "64,128,256")
     case = make_case(
         8800 + 2 * dim + causal, layout=layout, lq=300, lk=300, lens_q=[1, 0, 300, 0, 129, 257, 192],
@@ -204,14 +204,14 @@ def test_hopper_fused_backward_matches_reference(dtype, causal, layout, dim, mon
 
 
 @pytest.mark.parametrize(
-    ("kernels", "dim"), [("dkdv,dq", 128), ("fused", 128), ("dkdv,dq", 256), ("ws-dq", 128), ("ws-dq", 256)]
+    ("kernels", "dim"), [("dkdv,dq", 128), ("fused", 128), ("dkdv,dq", 256), ("ws", 128), ("ws", 256)]
 )
 @pytest.mark.parametrize("causal", [False, True])
 def test_hopper_kernels_ignore_nan_padding(causal, kernels, dim, monkeypatch):
     """NaN in the padding rows of q / k / v / dout changes nothing, forward or backward (the kernels read
     padding past each sequence through TMA, mask its scores and zero those operand rows)."""
     calls = _hopper_calls(monkeypatch)
-    if kernels == "ws-dq":  # the warp-specialized dQ kernel (and forward) with the split dK / dV
+    if kernels == "ws":  # the warp-specialized forward and backward
         monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", str(dim))
         monkeypatch.setenv("SIGCELL_HOPPER_WS_BWD_DIMS", str(dim))
     else:

@@ -67,7 +67,7 @@ def test_backward_compiles_for_sm90_with_overlapped_wgmma(kind, dim, dtype, caus
 @pytest.mark.parametrize(
     ("dim", "causal", "key_bias"), [(64, True, False), (128, False, True), (256, True, True)]
 )
-@pytest.mark.parametrize("kind", ["fwd", "dq"])
+@pytest.mark.parametrize("kind", ["fwd", "dq", "dkdv"])
 def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
     """The warp-specialized forward and dQ kernels: register reallocation between partitions, each
     consumer's loops keep a matmul in flight while it computes (forward: P V during the sigmoid; dQ: dP
@@ -77,14 +77,29 @@ def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
 
     from sigcell.ops.sigmoid_attn.hopper_ws import compile_ws_sm90
 
-    configs = interface._HOPPER_WS_CONFIGS if kind == "fwd" else interface._HOPPER_WS_DQ_CONFIGS
+    configs = {
+        "fwd": interface._HOPPER_WS_CONFIGS,
+        "dq": interface._HOPPER_WS_DQ_CONFIGS,
+        "dkdv": interface._HOPPER_WS_DKDV_CONFIGS,
+    }[kind]
+    if kind == "dkdv" and dim == 256:
+        kind = "dk"  # D256: dK and dV in separate launches
     flags = {"causal": causal, "key_bias": key_bias, "padded": not causal}
     kernel = compile_ws_sm90(dim, configs[dim], kind=kind, group=2, **flags)
     ptx = kernel.asm["ptx"]
     assert re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+240;", ptx)
     waits = {n: ptx.count(f"wgmma.wait_group.sync.aligned {n};") for n in range(3)}
-    # Two consumers x two key loops (dQ: plus the first block's wait for S with dP in flight).
-    assert waits[1] == 4 if kind == "fwd" else (waits[2], waits[1]) == (4, 6)
+    # Per consumer (two): forward, two key loops; dQ, plus the first block's wait for S with dP in
+    # flight; dK / dV, three query loops (two without a causal diagonal) waiting for S^T (dP^T in
+    # flight) and dP^T (dV in flight), then for dK / dV; dK alone waits for dP^T with nothing in flight.
+    loops = 3 if causal else 2
+    expected = {
+        "fwd": {1: 4},
+        "dq": {2: 4, 1: 6},
+        "dkdv": {1: 4 * loops, 0: 2 * loops},
+        "dk": {1: 2 * loops, 0: 4 * loops},
+    }[kind]
+    assert {n: waits[n] for n in expected} == expected
     assert not re.search(r"\bbar\.sync\s+0;", ptx)  # partition barriers name their thread count
     assert kernel.metadata.shared <= 227 * 1024
 
@@ -185,6 +200,7 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
         (hopper, "sigmoid_attn_fwd_hopper_kernel"),
         (hopper_ws, "sigmoid_attn_fwd_hopper_ws_kernel"),
         (hopper_ws, "sigmoid_attn_bwd_dq_hopper_ws_kernel"),
+        (hopper_ws, "sigmoid_attn_bwd_dkdv_hopper_ws_kernel"),
         (hopper_bwd, "sigmoid_attn_bwd_dkdv_hopper_kernel"),
         (hopper_bwd, "sigmoid_attn_bwd_dq_hopper_kernel"),
     ]:
@@ -211,6 +227,7 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
     ws_dbias = interface._hopper_dq(
         q, k, k, q, torch.empty_like(q), bias, key_bias, lengths, 0.1, True, varlen, rows
     )
+    interface._hopper_dkdv(q, k, k, q, dk, dv, dkb, bias, key_bias, lengths, 0.1, True, varlen, rows)
     monkeypatch.delenv("SIGCELL_HOPPER_WS_BWD_DIMS")
     # D256: dV and dK in one launch each.
     wide = [torch.zeros(*t.shape[:-1], 256, dtype=torch.bfloat16) for t in (q, k)]
@@ -225,15 +242,18 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
         "sigmoid_attn_bwd_dq_hopper_kernel",
         "sigmoid_attn_fwd_hopper_ws_kernel",
         "sigmoid_attn_bwd_dq_hopper_ws_kernel",
+        "sigmoid_attn_bwd_dkdv_hopper_ws_kernel",
         "sigmoid_attn_bwd_dkdv_hopper_kernel",
         "sigmoid_attn_bwd_dkdv_hopper_kernel",
     ]
     assert [parts for *_, parts in launches[1:]] == [
-        (True, True), (True, True), (None, None), (None, None), (None, None), (False, True), (True, False)
+        (True, True), (True, True), (None, None), (None, None), (None, None), (True, True), (False, True),
+        (True, False),
     ]  # fmt: skip
     # Warp-specialized kernels: two consumers' query rows (2 x 64 at D128) per program; the dQ kernel
     # still keeps one d bias slot per 64 rows.
     assert launches[4][1] == (1, batch * heads) and launches[5][1] == (1, batch * heads)
+    assert launches[6][1] == (1, batch * kv_heads)  # 2 x 64 keys per program
     assert ws_dbias.shape == (batch * heads, 2)
     # Grids: (query blocks, sequences x heads) or (key blocks, sequences x KV heads).
     assert launches[0][1] == (1, batch * heads) and launches[1][1][1] == batch * kv_heads

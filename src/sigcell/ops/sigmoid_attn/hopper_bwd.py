@@ -123,18 +123,57 @@ def _dkdv_step(
     WITH_DV: gl.constexpr,
     num_warps: gl.constexpr,
 ):
-    """One query block's contribution to dK, dV and the per-key sums of 4 dS (rows = keys); WITH_DK /
-    WITH_DV false skip a part (and its matmuls). FUSED (both parts) also adds the block's ``4 dS K`` to
-    the float32 dQ rows at ``dq_base`` (atomics; dS^T goes through shared memory to be the transposed A
-    operand)."""
-    BM: gl.constexpr = q_desc.block_type.shape[0]
-    dtype: gl.constexpr = q_desc.dtype
-    st_layout: gl.constexpr = st_zero.type.layout
-    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dk.type.layout, k_width=2)
+    """Iteration ``it``: wait for its query block's stage, add the block (:func:`_dkdv_block`), refill
+    the stage with iteration ``it + STAGES``."""
     stage = it % STAGES
     q_tile = q_smem.index(stage)
     do_tile = do_smem.index(stage)
     mbarrier.wait(bars.index(stage), (it // STAGES) & 1)
+    dk, dv, dkb = _dkdv_block(
+        m0, dk, dv, dkb, k_smem, v_smem, q_tile, do_tile, st_zero, o_n,
+        row_bias_half, scale_half, len_q, shift, ds_smem, dq_base, stride_dqt, MASK, CAUSAL, FUSED,
+        WITH_DK, WITH_DV, num_warps,
+    )  # fmt: skip
+    _load_query_block(
+        q_desc, do_desc, q_smem, do_smem, bars, it + STAGES, n_iter, first, n_blocks, row_q, head0, STAGES
+    )
+    return dk, dv, dkb
+
+
+@gluon.jit
+def _dkdv_block(
+    m0,
+    dk,
+    dv,
+    dkb,
+    k_smem,
+    v_smem,
+    q_tile,
+    do_tile,
+    st_zero,
+    o_n,
+    row_bias_half,
+    scale_half,
+    len_q,
+    shift,
+    ds_smem,
+    dq_base,
+    stride_dqt,
+    MASK: gl.constexpr,
+    CAUSAL: gl.constexpr,
+    FUSED: gl.constexpr,
+    WITH_DK: gl.constexpr,
+    WITH_DV: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """One query block's contribution to dK, dV and the per-key sums of 4 dS (rows = keys), from its
+    loaded Q and dO tiles; all its matmuls have retired on return. WITH_DK / WITH_DV false skip a part
+    (and its matmuls). FUSED (both parts) also adds the block's ``4 dS K`` to the float32 dQ rows at
+    ``dq_base`` (atomics; dS^T goes through shared memory to be the transposed A operand)."""
+    BM: gl.constexpr = q_tile.shape[0]
+    dtype: gl.constexpr = q_tile.dtype
+    st_layout: gl.constexpr = st_zero.type.layout
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dk.type.layout, k_width=2)
     if MASK:  # noqa: SIM102 (constexpr branch around a runtime one)
         if m0 + BM > len_q:  # the last block: rows past the sequence must not reach dV / dK
             _zero_rows_past(q_tile, m0, len_q, num_warps)
@@ -170,7 +209,7 @@ def _dkdv_step(
         ds_op = gl.convert_layout(ds.to(dtype), a_layout)
         dk_tok = warpgroup_mma(ds_op, q_tile, dk, is_async=True)
     if FUSED:
-        D: gl.constexpr = q_desc.block_type.shape[1]
+        D: gl.constexpr = q_tile.shape[1]
         dq_warps_m: gl.constexpr = min(num_warps, BM // 16)
         dq_layout: gl.constexpr = gl.NVMMADistributedLayout(
             version=[3, 0],
@@ -190,9 +229,6 @@ def _dkdv_step(
         dk, ds_op = warpgroup_mma_wait(0, deps=(dk_tok, ds_op))
     else:
         dv, p_op = warpgroup_mma_wait(0, deps=(dv_tok, p_op))
-    _load_query_block(
-        q_desc, do_desc, q_smem, do_smem, bars, it + STAGES, n_iter, first, n_blocks, row_q, head0, STAGES
-    )
     return dk, dv, dkb
 
 

@@ -18,6 +18,12 @@ The consumers run independently, so one's sigmoid can overlap the other's matmul
 read from L2 serves ``2 BM`` query rows. Masking, layouts and outputs are those of hopper.py. Under a
 causal mask the second consumer (later rows) sees up to ``BM / BN`` more key blocks; the first one waits
 for and releases those stages without using them.
+
+The backward's two kernels (hopper_bwd.py) are split the same way, opt-in through
+``SIGCELL_HOPPER_WS_BWD_DIMS`` (not yet run on a GPU): the dQ kernel as the forward (two consumers' query
+rows, a K / V ring), the dK / dV kernel with two consumers' key blocks resident and a ring of Q / dO
+blocks (the query blocks the first consumer's keys see, every head of the KV group in turn; the second
+consumer releases those before its causal diagonal unread).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from sigcell.ops.sigmoid_attn.hopper import _key_blocks, _mma_layout, _p_block, _store_rows, _zero_rows_past
-from sigcell.ops.sigmoid_attn.hopper_bwd import _add, _ds_block
+from sigcell.ops.sigmoid_attn.hopper_bwd import _add, _dkdv_block, _ds_block, _load_query_block
 
 CONSUMER_WARPS = gl.constexpr(4)
 PRODUCER_REGS = gl.constexpr(24)
@@ -622,6 +628,348 @@ def sigmoid_attn_bwd_dq_hopper_ws_kernel(
         mbarrier.invalidate(empty.index(st))
 
 
+# ----------------------------------------------------------------------------------------------------
+# dK / dV of the backward (opt-in, SIGCELL_HOPPER_WS_BWD_DIMS): hopper_bwd's dK / dV kernel, same split
+# ----------------------------------------------------------------------------------------------------
+
+
+@gluon.jit
+def _dkdv_consumer(
+    WG: gl.constexpr,
+    k_smem,
+    v_smem,
+    q_smem,
+    do_smem,
+    kv_bar,
+    ready,
+    empty,
+    DK,
+    DV,
+    DKB,
+    BIAS,
+    KEY_BIAS,
+    i_b,
+    i_hk,
+    n0,
+    len_q,
+    len_k,
+    store_rows,
+    shift,
+    first,
+    n_stream,
+    row_k0,
+    start_k,
+    stride_dkt,
+    stride_kbb,
+    stride_kbt,
+    stride_dkbh,
+    stride_dkbb,
+    stride_dkbt,
+    scale,
+    H: gl.constexpr,
+    GROUP: gl.constexpr,
+    CAUSAL: gl.constexpr,
+    HAS_KEY_BIAS: gl.constexpr,
+    WITH_DK: gl.constexpr,
+    WITH_DV: gl.constexpr,
+):
+    """dK, dV (and the key-bias sums) of keys ``n0 + WG * BN + [0, BN)`` over the program's stream of
+    query blocks: ``n_stream`` blocks from ``first`` per head of the KV group. Blocks of the stream this
+    consumer does not see (causal: before its diagonal; all, for keys past the sequence) are waited for
+    and released unread."""
+    BN: gl.constexpr = k_smem.shape[1]
+    D: gl.constexpr = k_smem.shape[2]
+    STAGES: gl.constexpr = q_smem.shape[0]
+    BM: gl.constexpr = q_smem.shape[1]
+    dtype: gl.constexpr = k_smem.dtype
+    num_warps: gl.constexpr = 4
+    st_layout: gl.constexpr = _mma_layout(num_warps, BM)
+    acc_layout: gl.constexpr = _mma_layout(num_warps, D)
+    k_tile = k_smem.index(WG)
+    v_tile = v_smem.index(WG)
+    mine = n0 + WG * BN
+    # This consumer's query blocks, as in hopper_bwd's dK / dV kernel: [mine_first, diag_end) masked on
+    # the causal diagonal, whole blocks to rows_end, then the masked partial block; they end where the
+    # stream ends whenever there are any (the same len_q).
+    q_end = gl.where(mine < len_k, len_q, 0)
+    rows_end = q_end // BM * BM
+    lo = 0
+    diag_end = 0
+    if CAUSAL:
+        lo = gl.maximum(mine - shift, 0) // BM * BM
+        diag_end = gl.maximum(mine + BN - 1 - shift + BM - 1, 0) // BM * BM
+    diag_end = gl.minimum(diag_end, rows_end)
+    mine_first = lo // BM
+    n_mine = gl.maximum(gl.cdiv(q_end, BM) - mine_first, 0)
+    skip_to = gl.where(n_mine > 0, mine_first, first + n_stream)  # stream blocks before: release
+
+    o_n = mine + gl.arange(0, BN, layout=gl.SliceLayout(1, st_layout))
+    dk = gl.zeros([BN, D], gl.float32, acc_layout)
+    dv = gl.zeros([BN, D], gl.float32, acc_layout)
+    dkb = gl.zeros([BN], gl.float32, gl.SliceLayout(1, st_layout))
+    key_bias_half = gl.zeros([BN], gl.float32, gl.SliceLayout(1, st_layout))
+    if HAS_KEY_BIAS:
+        kb = gl.load(KEY_BIAS + i_b * stride_kbb + (start_k + o_n) * stride_kbt, mask=o_n < len_k, other=0.0)
+        key_bias_half = 0.5 * kb.to(gl.float32)
+    scale_half = 0.5 * scale
+    st_zero = gl.zeros([BN, BM], gl.float32, st_layout)
+    if n_stream > 0:
+        mbarrier.wait(kv_bar, 0)
+    for g in range(GROUP):
+        row_bias_half = key_bias_half + 0.5 * gl.load(BIAS + i_b * H + i_hk * GROUP + g)
+        it0 = g * n_stream - first
+        for blk in range(first, skip_to):
+            _release(ready, empty, it0 + blk, STAGES)
+        for blk in range(mine_first, gl.where(n_mine > 0, diag_end // BM, mine_first)):
+            dk, dv, dkb = _dkdv_ring_step(
+                it0 + blk, blk * BM, dk, dv, dkb, k_tile, v_tile, q_smem, do_smem, ready, empty, st_zero,
+                o_n, row_bias_half, scale_half, len_q, shift, True, CAUSAL, WITH_DK, WITH_DV,
+            )  # fmt: skip
+        for blk in range(gl.maximum(diag_end // BM, mine_first), gl.where(n_mine > 0, rows_end // BM, 0)):
+            dk, dv, dkb = _dkdv_ring_step(
+                it0 + blk, blk * BM, dk, dv, dkb, k_tile, v_tile, q_smem, do_smem, ready, empty, st_zero,
+                o_n, row_bias_half, scale_half, len_q, shift, False, CAUSAL, WITH_DK, WITH_DV,
+            )  # fmt: skip
+        for blk in range(gl.maximum(rows_end // BM, mine_first), mine_first + n_mine):
+            dk, dv, dkb = _dkdv_ring_step(
+                it0 + blk, blk * BM, dk, dv, dkb, k_tile, v_tile, q_smem, do_smem, ready, empty, st_zero,
+                o_n, row_bias_half, scale_half, len_q, shift, True, CAUSAL, WITH_DK, WITH_DV,
+            )  # fmt: skip
+
+    # Keys past the sequence (padding of the padded layout) get zero gradients.
+    seq = row_k0.to(gl.int64) * stride_dkt + i_hk * D
+    if WITH_DK:
+        _store_rows(DK + seq, mine, stride_dkt, (dk * (0.25 * scale)).to(dtype), store_rows, len_k, num_warps)
+    if WITH_DV:
+        _store_rows(DV + seq, mine, stride_dkt, dv.to(dtype), store_rows, len_k, num_warps)
+    if HAS_KEY_BIAS and WITH_DK:
+        p_dkb = DKB + i_hk * stride_dkbh + i_b * stride_dkbb + (start_k + o_n) * stride_dkbt
+        gl.store(p_dkb, gl.where(o_n < len_k, dkb * 0.25, 0.0), mask=o_n < store_rows)
+
+
+@gluon.jit
+def _release(ready, empty, it, STAGES: gl.constexpr):
+    """Wait for stream iteration ``it``'s stage and free it without reading it."""
+    mbarrier.wait(ready.index(it % STAGES), (it // STAGES) & 1)
+    mbarrier.arrive(empty.index(it % STAGES), count=1)
+
+
+@gluon.jit
+def _dkdv_ring_step(
+    it,
+    m0,
+    dk,
+    dv,
+    dkb,
+    k_tile,
+    v_tile,
+    q_smem,
+    do_smem,
+    ready,
+    empty,
+    st_zero,
+    o_n,
+    row_bias_half,
+    scale_half,
+    len_q,
+    shift,
+    MASK: gl.constexpr,
+    CAUSAL: gl.constexpr,
+    WITH_DK: gl.constexpr,
+    WITH_DV: gl.constexpr,
+):
+    """hopper_bwd._dkdv_step on the shared ring: the stage is released instead of refilled."""
+    STAGES: gl.constexpr = q_smem.shape[0]
+    stage = it % STAGES
+    q_tile = q_smem.index(stage)
+    do_tile = do_smem.index(stage)
+    mbarrier.wait(ready.index(stage), (it // STAGES) & 1)
+    dk, dv, dkb = _dkdv_block(
+        m0, dk, dv, dkb, k_tile, v_tile, q_tile, do_tile, st_zero, o_n, row_bias_half, scale_half, len_q,
+        shift, k_tile, k_tile, 0, MASK, CAUSAL, False, WITH_DK, WITH_DV, 4,
+    )  # fmt: skip
+    mbarrier.arrive(empty.index(stage), count=1)
+    return dk, dv, dkb
+
+
+@gluon.jit
+def _dkdv_first_consumer(
+    q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty, DK, DV, DKB,
+    BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream, row_q, row_k0, start_k,
+    stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb, stride_dkbt, scale, H: gl.constexpr,
+    GROUP: gl.constexpr, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr, WITH_DK: gl.constexpr,
+    WITH_DV: gl.constexpr,
+):  # fmt: skip
+    _dkdv_consumer(
+        0,
+        k_smem, v_smem, q_smem, do_smem, kv_bar, ready, empty, DK, DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0,
+        len_q, len_k, store_rows, shift, first, n_stream, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt,
+        stride_dkbh, stride_dkbb, stride_dkbt, scale, H, GROUP, CAUSAL, HAS_KEY_BIAS, WITH_DK, WITH_DV,
+    )  # fmt: skip
+
+
+@gluon.jit
+def _dkdv_second_consumer(
+    q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty, DK, DV, DKB,
+    BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream, row_q, row_k0, start_k,
+    stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb, stride_dkbt, scale, H: gl.constexpr,
+    GROUP: gl.constexpr, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr, WITH_DK: gl.constexpr,
+    WITH_DV: gl.constexpr,
+):  # fmt: skip
+    _dkdv_consumer(
+        1,
+        k_smem, v_smem, q_smem, do_smem, kv_bar, ready, empty, DK, DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0,
+        len_q, len_k, store_rows, shift, first, n_stream, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt,
+        stride_dkbh, stride_dkbb, stride_dkbt, scale, H, GROUP, CAUSAL, HAS_KEY_BIAS, WITH_DK, WITH_DV,
+    )  # fmt: skip
+
+
+@gluon.jit
+def _dkdv_loader(
+    q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty, DK, DV, DKB,
+    BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream, row_q, row_k0, start_k,
+    stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb, stride_dkbt, scale, H: gl.constexpr,
+    GROUP: gl.constexpr, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr, WITH_DK: gl.constexpr,
+    WITH_DV: gl.constexpr,
+):  # fmt: skip
+    """Both consumers' K and V tiles, then the program's stream of Q / dO blocks (each head of the KV
+    group in turn) through the ring."""
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    D: gl.constexpr = k_desc.block_type.shape[1]
+    STAGES: gl.constexpr = q_smem.shape[0]
+    if n_stream > 0:
+        mbarrier.expect(kv_bar, 2 * (k_desc.block_type.nbytes + v_desc.block_type.nbytes))
+        for w in gl.static_range(2):
+            tma.async_copy_global_to_shared(k_desc, [row_k0 + n0 + w * BN, i_hk * D], kv_bar, k_smem.index(w))
+            tma.async_copy_global_to_shared(v_desc, [row_k0 + n0 + w * BN, i_hk * D], kv_bar, v_smem.index(w))
+        n_iter = n_stream * GROUP
+        for it in range(n_iter):
+            mbarrier.wait(empty.index(it % STAGES), ((it // STAGES) & 1) ^ 1)
+            _load_query_block(
+                q_desc, do_desc, q_smem, do_smem, ready, it, n_iter, first, n_stream, row_q, i_hk * GROUP,
+                STAGES,
+            )  # fmt: skip
+
+
+@gluon.jit
+def sigmoid_attn_bwd_dkdv_hopper_ws_kernel(
+    q_desc,
+    do_desc,
+    k_desc,
+    v_desc,
+    DK,
+    DV,
+    DKB,
+    BIAS,
+    KEY_BIAS,
+    START_Q,
+    LEN_Q,
+    START_K,
+    LEN_K,
+    rows_q,
+    rows_k,
+    stride_dkt,
+    stride_kbb,
+    stride_kbt,
+    stride_dkbh,
+    stride_dkbb,
+    stride_dkbt,
+    DQ,
+    DBIAS,
+    stride_dqt,
+    num_n_blocks,
+    scale,
+    H: gl.constexpr,
+    GROUP: gl.constexpr,
+    CAUSAL: gl.constexpr,
+    HAS_KEY_BIAS: gl.constexpr,
+    STORE_ALL_ROWS: gl.constexpr,
+    STAGES: gl.constexpr,
+    FUSED: gl.constexpr,
+    WITH_DK: gl.constexpr,
+    WITH_DV: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """hopper_bwd.sigmoid_attn_bwd_dkdv_hopper_kernel (arguments alike; FUSED must be false, DQ / DBIAS
+    unused) with a producer warp and two consumer warpgroups: one program per (2 BN keys, sequence x KV
+    head), streaming the query blocks that either consumer needs."""
+    gl.static_assert(not FUSED, "the warp-specialized dK / dV kernel has no fused dQ")
+    BM: gl.constexpr = q_desc.block_type.shape[0]
+    D: gl.constexpr = q_desc.block_type.shape[1]
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    dtype: gl.constexpr = q_desc.dtype
+    HKV: gl.constexpr = H // GROUP
+
+    i_n = gl.program_id(0)
+    i_bhk = gl.program_id(1)
+    i_b = i_bhk // HKV
+    i_hk = i_bhk % HKV
+    start_q = gl.load(START_Q + i_b)
+    len_q = gl.load(LEN_Q + i_b)
+    start_k = gl.load(START_K + i_b)
+    len_k = gl.load(LEN_K + i_b)
+    store_rows = len_k
+    if STORE_ALL_ROWS:
+        store_rows = rows_k
+    n0 = i_n * 2 * BN  # no early return: see sigmoid_attn_fwd_hopper_ws_kernel
+    shift = len_k - len_q
+    # The stream: the query blocks the first consumer's keys see (the second's are a suffix of them).
+    q_end = gl.where(n0 < len_k, len_q, 0)
+    lo = 0
+    if CAUSAL:
+        lo = gl.maximum(n0 - shift, 0) // BM * BM
+    first = lo // BM
+    n_stream = gl.maximum(gl.cdiv(q_end, BM) - first, 0)
+
+    q_smem = gl.allocate_shared_memory(dtype, [STAGES, BM, D], q_desc.layout)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES, BM, D], do_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [2, BN, D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [2, BN, D], v_desc.layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for st in gl.static_range(STAGES):
+        mbarrier.init(ready.index(st), count=1)
+        mbarrier.init(empty.index(st), count=2)  # one arrival per consumer
+    fence_async_shared()
+
+    row_q = i_b * rows_q + start_q
+    row_k0 = i_b * rows_k + start_k
+    # Argument tuples spelled out in place (see sigmoid_attn_fwd_hopper_ws_kernel).
+    gl.warp_specialize(
+        [
+            (
+                _dkdv_first_consumer,
+                (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty, DK,
+                 DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream,
+                 row_q, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb,
+                 stride_dkbt, scale, H, GROUP, CAUSAL, HAS_KEY_BIAS, WITH_DK, WITH_DV),
+            ),
+            (
+                _dkdv_second_consumer,
+                (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty, DK,
+                 DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream,
+                 row_q, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb,
+                 stride_dkbt, scale, H, GROUP, CAUSAL, HAS_KEY_BIAS, WITH_DK, WITH_DV),
+            ),
+            (
+                _dkdv_loader,
+                (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty, DK,
+                 DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream,
+                 row_q, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb,
+                 stride_dkbt, scale, H, GROUP, CAUSAL, HAS_KEY_BIAS, WITH_DK, WITH_DV),
+            ),
+        ],
+        [CONSUMER_WARPS, 1],
+        [CONSUMER_REGS, PRODUCER_REGS],
+    )  # fmt: skip
+    mbarrier.invalidate(kv_bar)
+    for st in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(st))
+        mbarrier.invalidate(empty.index(st))
+
+
 def ws_maxnreg() -> int:
     """Per-thread register limit to launch with: 3 warpgroups (consumer, consumer, producer rounded up)
     share the 64 K registers; the default partition (the first consumer) gets what the workers leave."""
@@ -640,8 +988,9 @@ def compile_ws_sm90(
     heads: int = 8,
     group: int = 1,
 ):
-    """The warp-specialized forward (``kind="fwd"``) or dQ kernel (``"dq"``) compiled for sm_90a without
-    a GPU; ``config`` = (BM per consumer, BN, STAGES)."""
+    """A warp-specialized kernel compiled for sm_90a without a GPU: the forward (``kind="fwd"``), dQ
+    (``"dq"``) or dK / dV (``"dkdv"``; ``"dk"`` / ``"dv"``: one part). ``config`` = (BM, BN, STAGES),
+    with BM (forward, dQ) or BN (dK / dV) the rows each consumer owns."""
     from sigcell.ops.sigmoid_attn.hopper import compile_for_sm90, forward_args
 
     block_m, block_n, stages = config
@@ -664,6 +1013,16 @@ def compile_ws_sm90(
         ints = ("rows_q", "rows_k", "stride_dqt", "stride_kbb", "stride_kbt", "num_m_blocks")
         args.update({**dict.fromkeys(ints, "i32"), "scale": "fp32"})
         blocks = {"q_desc": block_m, "do_desc": block_m, "k_desc": block_n, "v_desc": block_n}
+    elif kind in ("dkdv", "dk", "dv"):
+        kernel = sigmoid_attn_bwd_dkdv_hopper_ws_kernel
+        args = {"DK": "*dt", "DV": "*dt", **dict.fromkeys(("DKB", "BIAS", "KEY_BIAS"), "*fp32")}
+        args.update(dict.fromkeys(("START_Q", "LEN_Q", "START_K", "LEN_K"), "*i32"))
+        ints = ("rows_q", "rows_k", "stride_dkt", "stride_kbb", "stride_kbt", "stride_dkbh", "stride_dkbb")
+        args.update(dict.fromkeys((*ints, "stride_dkbt"), "i32"))
+        args.update({"DQ": "*fp32", "DBIAS": "*fp32", "stride_dqt": "i32", "num_n_blocks": "i32"})
+        args["scale"] = "fp32"
+        constants.update(FUSED=False, WITH_DK=kind != "dv", WITH_DV=kind != "dk")
+        blocks = {"q_desc": block_m, "do_desc": block_m, "k_desc": block_n, "v_desc": block_n}
     else:
-        raise ValueError(f"kind must be 'fwd' or 'dq', got {kind!r}")
+        raise ValueError(f"kind must be 'fwd', 'dq', 'dkdv', 'dk' or 'dv', got {kind!r}")
     return compile_for_sm90(kernel, blocks, args, constants, dim, dtype, maxnreg=ws_maxnreg())

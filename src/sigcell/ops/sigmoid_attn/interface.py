@@ -260,9 +260,12 @@ _HOPPER_WS_CONFIGS = {64: (128, 64, 3), 128: (64, 64, 3), 256: (64, 32, 4)}
 # against hopper.py: D128 0.95x at L1k, 1.06-1.09x at L4k-16k; D256 1.01-1.10x; D64 0.92-0.97x the
 # Triton kernel (stays there).
 _HOPPER_WS_MIN_SPAN = {128: 2048, 256: 0}
-# Opt-in warp-specialized dQ kernel (hopper_ws.py; SIGCELL_HOPPER_WS_BWD_DIMS, default none: not yet
-# timed on a GPU): head dim -> (query rows per consumer, BLOCK_N, stages); ptxas keeps them spill-free.
+# Opt-in warp-specialized backward (hopper_ws.py; SIGCELL_HOPPER_WS_BWD_DIMS, default none: not yet run
+# on a GPU). Its dQ kernel: head dim -> (query rows per consumer, BLOCK_N, stages); spill-free (ptxas).
 _HOPPER_WS_DQ_CONFIGS = {64: (64, 64, 2), 128: (64, 64, 2), 256: (64, 32, 2)}
+# ... and its dK / dV kernel: head dim -> (query rows per streamed block, keys per consumer, stages);
+# ptxas: D128 spills 108 bytes (the split kernel 24), D256 (dK and dV in one launch each) none.
+_HOPPER_WS_DKDV_CONFIGS = {64: (64, 64, 2), 128: (64, 64, 2), 256: (32, 64, 2)}
 # Hopper backward (hopper_bwd.py): kernel -> head dim -> (BLOCK_M, BLOCK_N, warps, stages). dK / dV
 # programs own BLOCK_N keys (one warpgroup per 64 of them) and stream BLOCK_M queries; dQ programs own
 # BLOCK_M queries and stream BLOCK_N keys.
@@ -446,15 +449,25 @@ def _hopper_bwd_config(kind: str, dim: int) -> tuple[int, int, int, int]:
 def _hopper_dkdv(
     q, k, v, dout, dk, dv, dkb_part, bias, key_bias, lengths, scale, causal, varlen, span_k, dq=None
 ) -> torch.Tensor | None:
-    """Launch the Gluon dK / dV kernel (hopper_bwd.py) into ``dk``, ``dv`` and ``dkb_part``. Given
-    ``dq``, the fused variant also computes dQ (through a zeroed float32 buffer, nondeterministic order
-    of additions) and returns the per-(sequence x head, key block) sums of dS (for d bias)."""
-    from sigcell.ops.sigmoid_attn.hopper_bwd import sigmoid_attn_bwd_dkdv_hopper_kernel
-
+    """Launch the Gluon dK / dV kernel (hopper_bwd.py, or the warp-specialized one of hopper_ws.py) into
+    ``dk``, ``dv`` and ``dkb_part``. Given ``dq``, the fused variant also computes dQ (through a zeroed
+    float32 buffer, nondeterministic order of additions) and returns the per-(sequence x head, key
+    block) sums of dS (for d bias)."""
     n_seq, heads = bias.shape
     kv_heads = k.shape[2]
     fused = dq is not None
-    block_m, block_n, warps, stages = _hopper_bwd_config("fused" if fused else "dkdv", q.shape[-1])
+    dim = q.shape[-1]
+    if _uses_ws_backward(dim) and not fused:
+        from sigcell.ops.sigmoid_attn import hopper_ws
+
+        kernel, warps = hopper_ws.sigmoid_attn_bwd_dkdv_hopper_ws_kernel, hopper_ws.CONSUMER_WARPS.value
+        block_m, block_n, stages = _config_override.get("hopper_ws_dkdv") or _HOPPER_WS_DKDV_CONFIGS[dim]
+        program_rows, options = 2 * block_n, {"maxnreg": hopper_ws.ws_maxnreg()}
+    else:
+        from sigcell.ops.sigmoid_attn.hopper_bwd import sigmoid_attn_bwd_dkdv_hopper_kernel as kernel
+
+        block_m, block_n, warps, stages = _hopper_bwd_config("fused" if fused else "dkdv", dim)
+        program_rows, options = block_n, {}
     num_n = _cdiv(max(span_k, 1), block_n)
     assert dk.stride(1) == dv.stride(1)
     dkb_strides = (0, 0, 0)
@@ -469,7 +482,7 @@ def _hopper_dkdv(
     # (WITH_DK, WITH_DV) per launch: one launch computes both, except at the head dims of _SPLIT_DKDV_DIMS.
     parts = [(False, True), (True, False)] if q.shape[-1] in _SPLIT_DKDV_DIMS else [(True, True)]
     for with_dk, with_dv in parts:
-        sigmoid_attn_bwd_dkdv_hopper_kernel[(num_n, n_seq * kv_heads)](
+        kernel[(_cdiv(max(span_k, 1), program_rows), n_seq * kv_heads)](
             *descriptors,
             dk,
             dv,
@@ -491,6 +504,7 @@ def _hopper_dkdv(
             WITH_DK=with_dk,
             WITH_DV=with_dv,
             **_hopper_constants(heads, k, key_bias, causal, varlen, stages, warps),
+            **options,
         )
     if not fused:
         return None
@@ -498,8 +512,9 @@ def _hopper_dkdv(
     return dbias_part
 
 
-def _uses_ws_dq(dim: int) -> bool:
-    """Whether dQ runs the warp-specialized kernel: for the head dims ``SIGCELL_HOPPER_WS_BWD_DIMS`` names."""
+def _uses_ws_backward(dim: int) -> bool:
+    """Whether the backward runs the warp-specialized dQ and dK / dV kernels: for the head dims
+    ``SIGCELL_HOPPER_WS_BWD_DIMS`` names (the fused variant keeps its own kernel)."""
     names = os.environ.get("SIGCELL_HOPPER_WS_BWD_DIMS", "")
     return dim in {int(x) for x in names.split(",") if x.strip()} & set(_HOPPER_WS_DQ_CONFIGS)
 
@@ -509,7 +524,7 @@ def _hopper_dq(q, k, v, dout, dq, bias, key_bias, lengths, scale, causal, varlen
     ``dq``; returns the per-(sequence x head, query block) sums of dS (for d bias)."""
     n_seq, heads = bias.shape
     dim = q.shape[-1]
-    if _uses_ws_dq(dim):
+    if _uses_ws_backward(dim):
         from sigcell.ops.sigmoid_attn import hopper_ws
 
         kernel, warps = hopper_ws.sigmoid_attn_bwd_dq_hopper_ws_kernel, hopper_ws.CONSUMER_WARPS.value
