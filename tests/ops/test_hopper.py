@@ -76,6 +76,7 @@ def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
     import re
 
     from sigcell.ops.sigmoid_attn.hopper_ws import compile_ws_sm90
+    from sigcell.ops.sigmoid_attn.hopper_ws_bwd import compile_ws_bwd_sm90
 
     configs = {
         "fwd": interface._HOPPER_WS_CONFIGS,
@@ -85,7 +86,10 @@ def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
     if kind == "dkdv" and dim == 256:
         kind = "dk"  # D256: dK and dV in separate launches
     flags = {"causal": causal, "key_bias": key_bias, "padded": not causal}
-    kernel = compile_ws_sm90(dim, configs[dim], kind=kind, group=2, **flags)
+    if kind == "fwd":
+        kernel = compile_ws_sm90(dim, configs[dim], group=2, **flags)
+    else:
+        kernel = compile_ws_bwd_sm90(kind, dim, configs[dim], group=2, **flags)
     ptx = kernel.asm["ptx"]
     assert re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+240;", ptx)
     waits = {n: ptx.count(f"wgmma.wait_group.sync.aligned {n};") for n in range(3)}
@@ -180,7 +184,7 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
     replaced by a binder that records each launch's grid)."""
     import inspect
 
-    from sigcell.ops.sigmoid_attn import hopper, hopper_bwd, hopper_ws
+    from sigcell.ops.sigmoid_attn import hopper, hopper_bwd, hopper_ws, hopper_ws_bwd
 
     launches = []
 
@@ -199,8 +203,8 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
     for module, name in [
         (hopper, "sigmoid_attn_fwd_hopper_kernel"),
         (hopper_ws, "sigmoid_attn_fwd_hopper_ws_kernel"),
-        (hopper_ws, "sigmoid_attn_bwd_dq_hopper_ws_kernel"),
-        (hopper_ws, "sigmoid_attn_bwd_dkdv_hopper_ws_kernel"),
+        (hopper_ws_bwd, "sigmoid_attn_bwd_dq_hopper_ws_kernel"),
+        (hopper_ws_bwd, "sigmoid_attn_bwd_dkdv_hopper_ws_kernel"),
         (hopper_bwd, "sigmoid_attn_bwd_dkdv_hopper_kernel"),
         (hopper_bwd, "sigmoid_attn_bwd_dq_hopper_kernel"),
     ]:

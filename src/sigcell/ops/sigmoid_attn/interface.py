@@ -260,7 +260,7 @@ _HOPPER_WS_CONFIGS = {64: (128, 64, 3), 128: (64, 64, 3), 256: (64, 32, 4)}
 # against hopper.py: D128 0.95x at L1k, 1.06-1.09x at L4k-16k; D256 1.01-1.10x; D64 0.92-0.97x the
 # Triton kernel (stays there).
 _HOPPER_WS_MIN_SPAN = {128: 2048, 256: 0}
-# Opt-in warp-specialized backward (hopper_ws.py; SIGCELL_HOPPER_WS_BWD_DIMS, default none: not yet run
+# Opt-in warp-specialized backward (hopper_ws_bwd.py; SIGCELL_HOPPER_WS_BWD_DIMS, default none: not yet run
 # on a GPU). Its dQ kernel: head dim -> (query rows per consumer, BLOCK_N, stages); spill-free (ptxas).
 _HOPPER_WS_DQ_CONFIGS = {64: (64, 64, 2), 128: (64, 64, 2), 256: (64, 32, 2)}
 # ... and its dK / dV kernel: head dim -> (query rows per streamed block, keys per consumer, stages);
@@ -449,7 +449,7 @@ def _hopper_bwd_config(kind: str, dim: int) -> tuple[int, int, int, int]:
 def _hopper_dkdv(
     q, k, v, dout, dk, dv, dkb_part, bias, key_bias, lengths, scale, causal, varlen, span_k, dq=None
 ) -> torch.Tensor | None:
-    """Launch the Gluon dK / dV kernel (hopper_bwd.py, or the warp-specialized one of hopper_ws.py) into
+    """Launch the Gluon dK / dV kernel (hopper_bwd.py, or the warp-specialized one of hopper_ws_bwd.py) into
     ``dk``, ``dv`` and ``dkb_part``. Given ``dq``, the fused variant also computes dQ (through a zeroed
     float32 buffer, nondeterministic order of additions) and returns the per-(sequence x head, key
     block) sums of dS (for d bias)."""
@@ -458,9 +458,9 @@ def _hopper_dkdv(
     fused = dq is not None
     dim = q.shape[-1]
     if _uses_ws_backward(dim) and not fused:
-        from sigcell.ops.sigmoid_attn import hopper_ws
+        from sigcell.ops.sigmoid_attn import hopper_ws, hopper_ws_bwd
 
-        kernel, warps = hopper_ws.sigmoid_attn_bwd_dkdv_hopper_ws_kernel, hopper_ws.CONSUMER_WARPS.value
+        kernel, warps = hopper_ws_bwd.sigmoid_attn_bwd_dkdv_hopper_ws_kernel, hopper_ws.CONSUMER_WARPS.value
         block_m, block_n, stages = _config_override.get("hopper_ws_dkdv") or _HOPPER_WS_DKDV_CONFIGS[dim]
         program_rows, options = 2 * block_n, {"maxnreg": hopper_ws.ws_maxnreg()}
     else:
@@ -520,14 +520,14 @@ def _uses_ws_backward(dim: int) -> bool:
 
 
 def _hopper_dq(q, k, v, dout, dq, bias, key_bias, lengths, scale, causal, varlen, span_q) -> torch.Tensor:
-    """Launch the Gluon dQ kernel (hopper_bwd.py, or the warp-specialized one of hopper_ws.py) into
+    """Launch the Gluon dQ kernel (hopper_bwd.py, or the warp-specialized one of hopper_ws_bwd.py) into
     ``dq``; returns the per-(sequence x head, query block) sums of dS (for d bias)."""
     n_seq, heads = bias.shape
     dim = q.shape[-1]
     if _uses_ws_backward(dim):
-        from sigcell.ops.sigmoid_attn import hopper_ws
+        from sigcell.ops.sigmoid_attn import hopper_ws, hopper_ws_bwd
 
-        kernel, warps = hopper_ws.sigmoid_attn_bwd_dq_hopper_ws_kernel, hopper_ws.CONSUMER_WARPS.value
+        kernel, warps = hopper_ws_bwd.sigmoid_attn_bwd_dq_hopper_ws_kernel, hopper_ws.CONSUMER_WARPS.value
         block_m, block_n, stages = _config_override.get("hopper_ws_dq") or _HOPPER_WS_DQ_CONFIGS[dim]
         program_rows, options = 2 * block_m, {"maxnreg": hopper_ws.ws_maxnreg()}
     else:
