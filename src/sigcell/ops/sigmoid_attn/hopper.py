@@ -56,6 +56,40 @@ def _key_blocks(m0, len_q, len_k, BM: gl.constexpr, BN: gl.constexpr, CAUSAL: gl
 
 
 @gluon.jit
+def _program(
+    START_Q,
+    LEN_Q,
+    START_K,
+    LEN_K,
+    rows,
+    HEADS: gl.constexpr,
+    LAST_FIRST: gl.constexpr,
+    KEYS: gl.constexpr,
+    STORE_ALL_ROWS: gl.constexpr,
+):
+    """Where this program works: its block index (grid axis 0, counted from the end when LAST_FIRST: the
+    longest causal programs start first), (sequence, head) index of axis 1 over ``HEADS`` heads, the
+    sequence and head, the sequence's first rows and lengths, and the rows its outputs cover (the
+    sequence's queries, or keys when KEYS; every one of ``rows`` slots of the padded layout)."""
+    i_blk = gl.program_id(0)
+    i_bh = gl.program_id(1)
+    if LAST_FIRST:
+        i_blk = gl.num_programs(0) - 1 - i_blk
+    i_b = i_bh // HEADS
+    i_h = i_bh % HEADS
+    start_q = gl.load(START_Q + i_b)
+    len_q = gl.load(LEN_Q + i_b)
+    start_k = gl.load(START_K + i_b)
+    len_k = gl.load(LEN_K + i_b)
+    store_rows = len_q
+    if KEYS:
+        store_rows = len_k
+    if STORE_ALL_ROWS:
+        store_rows = rows
+    return i_blk, i_bh, i_b, i_h, start_q, len_q, start_k, len_k, store_rows
+
+
+@gluon.jit
 def _tanh(x):
     """``tanh.approx.f32``: one MUFU op (the special-function unit); max relative error about 2^-11."""
     return gl.inline_asm_elementwise(
@@ -151,38 +185,58 @@ def _step(
     CAUSAL: gl.constexpr,
     STAGES: gl.constexpr,
 ):
-    """One iteration of the software pipeline: issue ``S_j = Q K_j^T`` and ``acc += P_{j-1} V_{j-1}``,
-    wait for ``S_j`` only, compute ``P_j`` while ``P V`` runs, then retire ``P V`` and refill its stage."""
-    BN: gl.constexpr = k_desc.block_type.shape[0]
-    dtype: gl.constexpr = k_desc.dtype
-    s_layout: gl.constexpr = s_zero.type.layout
-    p_layout: gl.constexpr = p.type.layout
+    """One iteration of the software pipeline (:func:`_fwd_block`), then refill the stage of block
+    j - 1."""
     stage = j % STAGES
     prev = (j - 1) % STAGES
     mbarrier.wait(bars.index(stage), (j // STAGES) & 1)
-    s_tok = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    p_next, acc = _fwd_block(
+        j, p, acc, q_smem, k_smem, v_smem, stage, prev, s_zero, o_m, scale_half, bias_half, kb_base,
+        stride_kbt, len_k, shift, HAS_KEY_BIAS, MASK, CAUSAL,
+    )  # fmt: skip
+    # Both wgmmas that read stage `prev` have retired: it takes block j - 1 + STAGES.
+    _load_kv(k_desc, v_desc, k_smem, v_smem, bars, j - 1 + STAGES, row_k, col, n_blocks, STAGES)
+    return p_next, acc
+
+
+@gluon.jit
+def _fwd_block(
+    j,
+    p,
+    acc,
+    q_tile,
+    k_smem,
+    v_smem,
+    stage,
+    prev,
+    s_zero,
+    o_m,
+    scale_half,
+    bias_half,
+    kb_base,
+    stride_kbt,
+    len_k,
+    shift,
+    HAS_KEY_BIAS: gl.constexpr,
+    MASK: gl.constexpr,
+    CAUSAL: gl.constexpr,
+):
+    """Issue ``S_j = Q K_j^T`` (K in ring stage ``stage``) and ``acc += P_{j-1} V_{j-1}`` (V in stage
+    ``prev``), wait for ``S_j`` only, compute ``P_j`` while ``P V`` runs, then retire ``P V``. Returns
+    ``P_j`` and the accumulator."""
+    BN: gl.constexpr = k_smem.shape[1]
+    dtype: gl.constexpr = k_smem.dtype
+    s_layout: gl.constexpr = s_zero.type.layout
+    p_layout: gl.constexpr = p.type.layout
+    s_tok = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     acc_tok = warpgroup_mma(p, v_smem.index(prev), acc, is_async=True)
     s = warpgroup_mma_wait(1, deps=(s_tok,))
     o_n = j * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
     p_next = _p_block(
-        s,
-        o_m,
-        o_n,
-        scale_half,
-        bias_half,
-        kb_base,
-        stride_kbt,
-        len_k,
-        shift,
-        HAS_KEY_BIAS,
-        MASK,
-        CAUSAL,
-        dtype,
-        p_layout,
-    )
+        s, o_m, o_n, scale_half, bias_half, kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS, MASK, CAUSAL,
+        dtype, p_layout,
+    )  # fmt: skip
     acc, p = warpgroup_mma_wait(0, deps=(acc_tok, p))
-    # Both wgmmas that read stage `prev` have retired: it takes block j - 1 + STAGES.
-    _load_kv(k_desc, v_desc, k_smem, v_smem, bars, j - 1 + STAGES, row_k, col, n_blocks, STAGES)
     return p_next, acc
 
 
@@ -246,19 +300,9 @@ def sigmoid_attn_fwd_hopper_kernel(
     o_layout: gl.constexpr = _mma_layout(num_warps, D)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
 
-    i_m = gl.program_id(0)
-    i_bh = gl.program_id(1)
-    if CAUSAL:  # the longest programs (last query blocks) start first
-        i_m = gl.num_programs(0) - 1 - i_m
-    i_b = i_bh // H
-    i_h = i_bh % H
-    start_q = gl.load(START_Q + i_b)
-    len_q = gl.load(LEN_Q + i_b)
-    start_k = gl.load(START_K + i_b)
-    len_k = gl.load(LEN_K + i_b)
-    store_rows = len_q
-    if STORE_ALL_ROWS:
-        store_rows = rows_q
+    i_m, i_bh, i_b, i_h, start_q, len_q, start_k, len_k, store_rows = _program(
+        START_Q, LEN_Q, START_K, LEN_K, rows_q, H, CAUSAL, False, STORE_ALL_ROWS
+    )
     m0 = i_m * BM
     if m0 >= store_rows:
         return
@@ -427,8 +471,17 @@ def compile_sm90(
     from sigcell.ops.sigmoid_attn.interface import _HOPPER_CONFIGS
 
     block_m, block_n, warps, stages = _HOPPER_CONFIGS[dim]
-    args = forward_args()
-    constants = {
+    constants = compile_constants(stages, warps, causal, key_bias, padded, heads, group)
+    blocks = {"q_desc": block_m, "k_desc": block_n, "v_desc": block_n}
+    return compile_for_sm90(sigmoid_attn_fwd_hopper_kernel, blocks, forward_args(), constants, dim, dtype)
+
+
+def compile_constants(
+    stages: int, warps: int, causal: bool, key_bias: bool, padded: bool, heads: int, group: int
+) -> dict:
+    """Compile-time arguments that every Gluon kernel of this package takes (the interface's launchers
+    and the compile-without-a-GPU helpers)."""
+    return {
         "H": heads,
         "GROUP": group,
         "CAUSAL": causal,
@@ -437,8 +490,6 @@ def compile_sm90(
         "STAGES": stages,
         "num_warps": warps,
     }
-    blocks = {"q_desc": block_m, "k_desc": block_n, "v_desc": block_n}
-    return compile_for_sm90(sigmoid_attn_fwd_hopper_kernel, blocks, args, constants, dim, dtype)
 
 
 def forward_args() -> dict[str, str]:

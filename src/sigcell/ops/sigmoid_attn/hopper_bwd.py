@@ -43,6 +43,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from sigcell.ops.sigmoid_attn.hopper import (
     _key_blocks,
     _mma_layout,
+    _program,
     _row_pointers,
     _store_rows,
     _tanh,
@@ -297,17 +298,9 @@ def sigmoid_attn_bwd_dkdv_hopper_kernel(
     st_layout: gl.constexpr = _mma_layout(num_warps, BM)
     acc_layout: gl.constexpr = _mma_layout(num_warps, D)
 
-    i_n = gl.program_id(0)
-    i_bhk = gl.program_id(1)
-    i_b = i_bhk // HKV
-    i_hk = i_bhk % HKV
-    start_q = gl.load(START_Q + i_b)
-    len_q = gl.load(LEN_Q + i_b)
-    start_k = gl.load(START_K + i_b)
-    len_k = gl.load(LEN_K + i_b)
-    store_rows = len_k
-    if STORE_ALL_ROWS:
-        store_rows = rows_k
+    i_n, _, i_b, i_hk, start_q, len_q, start_k, len_k, store_rows = _program(
+        START_Q, LEN_Q, START_K, LEN_K, rows_k, HKV, False, True, STORE_ALL_ROWS
+    )
     n0 = i_n * BN
     if n0 >= store_rows:
         return
@@ -456,23 +449,16 @@ def _dq_step(
     CAUSAL: gl.constexpr,
     STAGES: gl.constexpr,
 ):
-    """Issue ``S_j``, ``dP_j`` and ``dQ += dS_{j-1} K_{j-1}``; compute ``4 dS_j`` while they run; retire
-    block j - 1 and refill its stage. Returns block j's dS operand for the next step."""
+    """One pipelined dQ iteration (:func:`_dq_block`), then refill the stage of block j - 1. Returns
+    block j's dS operand for the next step."""
     BN: gl.constexpr = k_desc.block_type.shape[0]
-    dtype: gl.constexpr = k_desc.dtype
-    op_layout: gl.constexpr = ds_prev.type.layout
     stage = j % STAGES
     prev = (j - 1) % STAGES
     mbarrier.wait(bars.index(stage), (j // STAGES) & 1)
-    s_tok = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    dp_tok = warpgroup_mma(do_smem, v_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    dq_tok = warpgroup_mma(ds_prev, k_smem.index(prev), dq, is_async=True)
-    s = warpgroup_mma_wait(2, deps=(s_tok,))
-    ds_next, dsum = _ds_block(
-        s, dp_tok, dsum, j * BN, o_m, scale_half, bias_half, kb_base, stride_kbt, len_k, shift,
-        HAS_KEY_BIAS, MASK, CAUSAL, dtype, op_layout, 1,
+    ds_next, dq, dsum = _dq_block(
+        j, ds_prev, dq, dsum, q_smem, do_smem, k_smem, v_smem, stage, prev, s_zero, o_m, scale_half,
+        bias_half, kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS, MASK, CAUSAL,
     )  # fmt: skip
-    dq, ds_prev = warpgroup_mma_wait(0, deps=(dq_tok, ds_prev))
     _load_rows_pair(
         k_desc,
         v_desc,
@@ -485,6 +471,48 @@ def _dq_step(
         j - 1 + STAGES < n_blocks,
         STAGES,
     )
+    return ds_next, dq, dsum
+
+
+@gluon.jit
+def _dq_block(
+    j,
+    ds_prev,
+    dq,
+    dsum,
+    q_tile,
+    do_tile,
+    k_smem,
+    v_smem,
+    stage,
+    prev,
+    s_zero,
+    o_m,
+    scale_half,
+    bias_half,
+    kb_base,
+    stride_kbt,
+    len_k,
+    shift,
+    HAS_KEY_BIAS: gl.constexpr,
+    MASK: gl.constexpr,
+    CAUSAL: gl.constexpr,
+):
+    """Issue ``S_j``, ``dP_j`` (K, V in ring stage ``stage``) and ``dQ += dS_{j-1} K_{j-1}`` (stage
+    ``prev``); compute ``4 dS_j`` while they run; retire ``dQ``. Returns block j's dS operand, dQ and the
+    dS sums."""
+    BN: gl.constexpr = k_smem.shape[1]
+    dtype: gl.constexpr = k_smem.dtype
+    op_layout: gl.constexpr = ds_prev.type.layout
+    s_tok = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    dp_tok = warpgroup_mma(do_tile, v_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    dq_tok = warpgroup_mma(ds_prev, k_smem.index(prev), dq, is_async=True)
+    s = warpgroup_mma_wait(2, deps=(s_tok,))
+    ds_next, dsum = _ds_block(
+        s, dp_tok, dsum, j * BN, o_m, scale_half, bias_half, kb_base, stride_kbt, len_k, shift,
+        HAS_KEY_BIAS, MASK, CAUSAL, dtype, op_layout, 1,
+    )  # fmt: skip
+    dq, ds_prev = warpgroup_mma_wait(0, deps=(dq_tok, ds_prev))
     return ds_next, dq, dsum
 
 
@@ -571,19 +599,9 @@ def sigmoid_attn_bwd_dq_hopper_kernel(
     acc_layout: gl.constexpr = _mma_layout(num_warps, D)
     op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
 
-    i_m = gl.program_id(0)
-    i_bh = gl.program_id(1)
-    if CAUSAL:  # the longest programs (last query blocks) start first
-        i_m = gl.num_programs(0) - 1 - i_m
-    i_b = i_bh // H
-    i_h = i_bh % H
-    start_q = gl.load(START_Q + i_b)
-    len_q = gl.load(LEN_Q + i_b)
-    start_k = gl.load(START_K + i_b)
-    len_k = gl.load(LEN_K + i_b)
-    store_rows = len_q
-    if STORE_ALL_ROWS:
-        store_rows = rows_q
+    i_m, i_bh, i_b, i_h, start_q, len_q, start_k, len_k, store_rows = _program(
+        START_Q, LEN_Q, START_K, LEN_K, rows_q, H, CAUSAL, False, STORE_ALL_ROWS
+    )
     m0 = i_m * BM
     if m0 >= store_rows:
         return
@@ -673,38 +691,43 @@ def compile_bwd_sm90(
     with FUSED) kernel compiled for sm_90a without a GPU (hopper.compile_for_sm90), with the
     interface's launch configuration for ``dim`` unless ``config`` gives ``(BLOCK_M, BLOCK_N, warps,
     stages)``."""
-    from sigcell.ops.sigmoid_attn.hopper import compile_for_sm90
+    from sigcell.ops.sigmoid_attn.hopper import compile_constants, compile_for_sm90
     from sigcell.ops.sigmoid_attn.interface import _HOPPER_BWD_CONFIGS
 
     block_m, block_n, warps, stages = (
         config or _HOPPER_BWD_CONFIGS[kind if kind in ("dq", "fused") else "dkdv"][dim]
     )
     blocks = {"q_desc": block_m, "do_desc": block_m, "k_desc": block_n, "v_desc": block_n}
+    constants = compile_constants(stages, warps, causal, key_bias, padded, heads, group)
+    if kind == "dq":
+        kernel = sigmoid_attn_bwd_dq_hopper_kernel
+    else:
+        kernel = sigmoid_attn_bwd_dkdv_hopper_kernel
+        constants.update(dkdv_part_flags(kind))
+    return compile_for_sm90(kernel, blocks, backward_args(kind), constants, dim, dtype)
+
+
+def backward_args(kind: str) -> dict[str, str]:
+    """Triton signature types of a backward kernel's arguments other than descriptors and constexprs:
+    the dQ kernel (``kind="dq"``) or the dK / dV kernel (any other kind); the warp-specialized kernels
+    of hopper_ws_bwd.py take the same."""
     lengths = dict.fromkeys(("START_Q", "LEN_Q", "START_K", "LEN_K"), "*i32")
     bias = dict.fromkeys(("BIAS", "KEY_BIAS"), "*fp32")
-    if kind in ("dkdv", "dk", "dv", "fused"):
-        kernel = sigmoid_attn_bwd_dkdv_hopper_kernel
+    if kind == "dq":
+        args = {"DQ": "*dt", "DBIAS": "*fp32", **bias, **lengths}
+        ints = ("rows_q", "rows_k", "stride_dqt", "stride_kbb", "stride_kbt", "num_m_blocks")
+        args.update(dict.fromkeys(ints, "i32"))
+    else:
         args = {"DK": "*dt", "DV": "*dt", "DKB": "*fp32", **bias, **lengths}
         ints = ("rows_q", "rows_k", "stride_dkt", "stride_kbb", "stride_kbt", "stride_dkbh", "stride_dkbb")
         args.update(dict.fromkeys((*ints, "stride_dkbt"), "i32"))
         args.update({"DQ": "*fp32", "DBIAS": "*fp32", "stride_dqt": "i32", "num_n_blocks": "i32"})
-    else:
-        kernel = sigmoid_attn_bwd_dq_hopper_kernel
-        args = {"DQ": "*dt", "DBIAS": "*fp32", **bias, **lengths}
-        ints = ("rows_q", "rows_k", "stride_dqt", "stride_kbb", "stride_kbt", "num_m_blocks")
-        args.update(dict.fromkeys(ints, "i32"))
     args["scale"] = "fp32"
-    constants = {
-        "H": heads,
-        "GROUP": group,
-        "CAUSAL": causal,
-        "HAS_KEY_BIAS": key_bias,
-        "STORE_ALL_ROWS": padded,
-        "STAGES": stages,
-    }
-    if kind != "dq":
-        constants["FUSED"] = kind == "fused"
-        constants["WITH_DK"] = kind in ("dkdv", "dk", "fused")
-        constants["WITH_DV"] = kind in ("dkdv", "dv", "fused")
-    constants["num_warps"] = warps
-    return compile_for_sm90(kernel, blocks, args, constants, dim, dtype)
+    return args
+
+
+def dkdv_part_flags(kind: str) -> dict[str, bool]:
+    """FUSED / WITH_DK / WITH_DV of the dK / dV kernel for ``kind``: "dkdv", "dk", "dv" or "fused"."""
+    if kind not in ("dkdv", "dk", "dv", "fused"):
+        raise ValueError(f"kind must be 'dkdv', 'dk', 'dv' or 'fused', got {kind!r}")
+    return {"FUSED": kind == "fused", "WITH_DK": kind != "dv", "WITH_DV": kind != "dk"}

@@ -34,7 +34,15 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from sigcell.ops.sigmoid_attn.hopper import _key_blocks, _mma_layout, _p_block, _store_rows, _zero_rows_past
+from sigcell.ops.sigmoid_attn.hopper import (
+    _fwd_block,
+    _key_blocks,
+    _mma_layout,
+    _p_block,
+    _program,
+    _store_rows,
+    _zero_rows_past,
+)
 
 CONSUMER_WARPS = gl.constexpr(4)
 PRODUCER_REGS = gl.constexpr(24)
@@ -42,15 +50,32 @@ CONSUMER_REGS = gl.constexpr(240)
 
 
 @gluon.jit
-def _producer(
-    q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, row_q, col_q, row_k, col_k, n_blocks
-):
-    """Load both Q tiles, then every key block of the program into the ring (waits for a free stage)."""
-    BM: gl.constexpr = q_desc.block_type.shape[0]
-    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [row_q, col_q], q_bar, q_smem.index(0))
-    tma.async_copy_global_to_shared(q_desc, [row_q + BM, col_q], q_bar, q_smem.index(1))
-    _stream_kv(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, col_k, n_blocks)
+def _ring(STAGES: gl.constexpr):
+    """The ``ready`` and ``empty`` mbarriers of a ring of STAGES shared-memory stages, initialized:
+    ``ready`` completes on the producer's expected TMA bytes, ``empty`` on one arrival per consumer."""
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for st in gl.static_range(STAGES):
+        mbarrier.init(ready.index(st), count=1)
+        mbarrier.init(empty.index(st), count=2)
+    return ready, empty
+
+
+@gluon.jit
+def _invalidate_ring(ready, empty):
+    STAGES: gl.constexpr = ready.shape[0]
+    for st in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(st))
+        mbarrier.invalidate(empty.index(st))
+
+
+@gluon.jit
+def _two_consumer_blocks(m0, len_q, len_k, BM: gl.constexpr, BN: gl.constexpr, CAUSAL: gl.constexpr):
+    """Key blocks a program of two BM-row consumers from ``m0`` streams: as many as the consumer that
+    sees more (causal: the second; padding: the first)."""
+    _, n_second, _ = _key_blocks(m0 + BM, len_q, len_k, BM, BN, CAUSAL)
+    _, n_first, _ = _key_blocks(m0, len_q, len_k, BM, BN, CAUSAL)
+    return gl.maximum(n_first, n_second)
 
 
 @gluon.jit
@@ -92,55 +117,26 @@ def _consumer_step(
 ):
     """hopper._step on the shared ring: the stage of block j - 1 is released instead of refilled."""
     STAGES: gl.constexpr = k_smem.shape[0]
-    BN: gl.constexpr = k_smem.shape[1]
-    dtype: gl.constexpr = k_smem.dtype
-    s_layout: gl.constexpr = s_zero.type.layout
-    p_layout: gl.constexpr = p.type.layout
     stage = j % STAGES
     prev = (j - 1) % STAGES
     mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
-    s_tok = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    acc_tok = warpgroup_mma(p, v_smem.index(prev), acc, is_async=True)
-    s = warpgroup_mma_wait(1, deps=(s_tok,))
-    o_n = j * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
-    p_next = _p_block(
-        s, o_m, o_n, scale_half, bias_half, kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS, MASK, CAUSAL,
-        dtype, p_layout,
+    p_next, acc = _fwd_block(
+        j, p, acc, q_tile, k_smem, v_smem, stage, prev, s_zero, o_m, scale_half, bias_half, kb_base,
+        stride_kbt, len_k, shift, HAS_KEY_BIAS, MASK, CAUSAL,
     )  # fmt: skip
-    acc, p = warpgroup_mma_wait(0, deps=(acc_tok, p))
     mbarrier.arrive(empty.index(prev), count=1)
     return p_next, acc
 
 
 @gluon.jit
 def _consumer(
-    WG: gl.constexpr,
-    k_desc,
-    q_smem,
-    k_smem,
-    v_smem,
-    q_bar,
-    ready,
-    empty,
-    O,
-    KEY_BIAS,
-    m0,
-    len_q,
-    len_k,
-    store_rows,
-    n_total,
-    out_row0,
-    out_col,
-    stride_ot,
-    kb_base,
-    stride_kbt,
-    scale_half,
-    bias_half,
-    CAUSAL: gl.constexpr,
-    HAS_KEY_BIAS: gl.constexpr,
-):
-    """Query rows ``m0 + WG * BM + [0, BM)``: the forward of hopper.py on the shared K / V ring. Stages
-    past this consumer's own key blocks (up to the program's ``n_total``) are waited for and released."""
+    WG: gl.constexpr, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0,
+    len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
+    bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
+):  # fmt: skip
+    """Consumer ``WG`` (0 or 1): query rows ``m0 + WG * BM + [0, BM)``, the forward of hopper.py on the
+    shared K / V ring. Stages past its own key blocks (up to the program's ``n_total``) are waited for
+    and released. Every partition takes these arguments (warp_specialize wants one worker signature)."""
     BM: gl.constexpr = q_smem.shape[1]
     D: gl.constexpr = q_smem.shape[2]
     BN: gl.constexpr = k_smem.shape[1]
@@ -188,42 +184,18 @@ def _consumer(
 
 
 @gluon.jit
-def _first_consumer(
-    q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q, len_k,
-    store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half, bias_half, row_q,
-    row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
-):  # fmt: skip
-    _consumer(
-        0, k_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q, len_k, store_rows,
-        n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half, bias_half, CAUSAL,
-        HAS_KEY_BIAS,
-    )  # fmt: skip
-
-
-@gluon.jit
-def _second_consumer(
-    q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q, len_k,
-    store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half, bias_half, row_q,
-    row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
-):  # fmt: skip
-    _consumer(
-        1, k_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q, len_k, store_rows,
-        n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half, bias_half, CAUSAL,
-        HAS_KEY_BIAS,
-    )  # fmt: skip
-
-
-@gluon.jit
 def _loader(
-    q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q, len_k,
-    store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half, bias_half, row_q,
-    row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
+    WG: gl.constexpr, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0,
+    len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
+    bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
 ):  # fmt: skip
+    """The producer: both Q tiles, then every key block of the program into the ring."""
+    BM: gl.constexpr = q_desc.block_type.shape[0]
     if n_total > 0:
-        _producer(
-            q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, row_q, out_col, row_k, col_k,
-            n_total,
-        )  # fmt: skip
+        mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [row_q, out_col], q_bar, q_smem.index(0))
+        tma.async_copy_global_to_shared(q_desc, [row_q + BM, out_col], q_bar, q_smem.index(1))
+        _stream_kv(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, col_k, n_total)
 
 
 @gluon.jit
@@ -259,37 +231,20 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
     BN: gl.constexpr = k_desc.block_type.shape[0]
     dtype: gl.constexpr = q_desc.dtype
 
-    i_m = gl.program_id(0)
-    i_bh = gl.program_id(1)
-    if CAUSAL:  # the longest programs (last query blocks) start first
-        i_m = gl.num_programs(0) - 1 - i_m
-    i_b = i_bh // H
-    i_h = i_bh % H
-    start_q = gl.load(START_Q + i_b)
-    len_q = gl.load(LEN_Q + i_b)
-    start_k = gl.load(START_K + i_b)
-    len_k = gl.load(LEN_K + i_b)
-    store_rows = len_q
-    if STORE_ALL_ROWS:
-        store_rows = rows_q
+    i_m, i_bh, i_b, i_h, start_q, len_q, start_k, len_k, store_rows = _program(
+        START_Q, LEN_Q, START_K, LEN_K, rows_q, H, CAUSAL, False, STORE_ALL_ROWS
+    )
     m0 = i_m * 2 * BM
     # No early return for programs past the rows to store (it would skip the warp-specialized region
-    # that the worker warps wait for): their key loops are empty and their stores masked. The program
-    # streams the key blocks of whichever consumer sees more (causal: the second; padding: the first).
-    _, n_second, _ = _key_blocks(m0 + BM, len_q, len_k, BM, BN, CAUSAL)
-    _, n_first, _ = _key_blocks(m0, len_q, len_k, BM, BN, CAUSAL)
-    n_total = gl.maximum(n_first, n_second)
+    # that the worker warps wait for): their key loops are empty and their stores masked.
+    n_total = _two_consumer_blocks(m0, len_q, len_k, BM, BN, CAUSAL)
 
     q_smem = gl.allocate_shared_memory(dtype, [2, BM, D], q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
-    for st in gl.static_range(STAGES):
-        mbarrier.init(ready.index(st), count=1)
-        mbarrier.init(empty.index(st), count=2)  # one arrival per consumer
+    ready, empty = _ring(STAGES)
     fence_async_shared()
 
     row_q = i_b * rows_q + start_q + m0
@@ -304,31 +259,29 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
     gl.warp_specialize(
         [
             (
-                _first_consumer,
-                (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q,
-                 len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
-                 bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS),
+                _consumer,
+                (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0,
+                 len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt,
+                 scale_half, bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS),
             ),
             (
-                _second_consumer,
-                (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q,
-                 len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
-                 bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS),
+                _consumer,
+                (1, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0,
+                 len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt,
+                 scale_half, bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS),
             ),
             (
                 _loader,
-                (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0, len_q,
-                 len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
-                 bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS),
+                (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0,
+                 len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt,
+                 scale_half, bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS),
             ),
         ],
         [CONSUMER_WARPS, 1],
         [CONSUMER_REGS, PRODUCER_REGS],
     )  # fmt: skip
     mbarrier.invalidate(q_bar)
-    for st in gl.static_range(STAGES):
-        mbarrier.invalidate(ready.index(st))
-        mbarrier.invalidate(empty.index(st))
+    _invalidate_ring(ready, empty)
 
 
 @gluon.jit
@@ -357,22 +310,9 @@ def compile_ws_sm90(
 ):
     """The warp-specialized forward compiled for sm_90a without a GPU; ``config`` = (query rows per
     consumer, BN, STAGES)."""
-    from sigcell.ops.sigmoid_attn.hopper import compile_for_sm90, forward_args
+    from sigcell.ops.sigmoid_attn.hopper import compile_constants, compile_for_sm90, forward_args
 
     blocks = {"q_desc": config[0], "k_desc": config[1], "v_desc": config[1]}
-    constants = ws_constants(config[2], causal, key_bias, padded, heads, group)
+    constants = compile_constants(config[2], CONSUMER_WARPS.value, causal, key_bias, padded, heads, group)
     kernel = sigmoid_attn_fwd_hopper_ws_kernel
     return compile_for_sm90(kernel, blocks, forward_args(), constants, dim, dtype, maxnreg=ws_maxnreg())
-
-
-def ws_constants(stages: int, causal: bool, key_bias: bool, padded: bool, heads: int, group: int) -> dict:
-    """Compile-time arguments of the warp-specialized kernels (for compiling without a GPU)."""
-    return {
-        "H": heads,
-        "GROUP": group,
-        "CAUSAL": causal,
-        "HAS_KEY_BIAS": key_bias,
-        "STORE_ALL_ROWS": padded,
-        "STAGES": stages,
-        "num_warps": CONSUMER_WARPS.value,
-    }

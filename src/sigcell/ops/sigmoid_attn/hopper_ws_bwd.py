@@ -23,15 +23,25 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from sigcell.ops.sigmoid_attn.hopper import _key_blocks, _mma_layout, _store_rows, _zero_rows_past
-from sigcell.ops.sigmoid_attn.hopper_bwd import _add, _dkdv_block, _ds_block, _load_query_block
+from sigcell.ops.sigmoid_attn.hopper import _key_blocks, _mma_layout, _program, _store_rows, _zero_rows_past
+from sigcell.ops.sigmoid_attn.hopper_bwd import (
+    _add,
+    _dkdv_block,
+    _dq_block,
+    _ds_block,
+    _load_query_block,
+    backward_args,
+    dkdv_part_flags,
+)
 from sigcell.ops.sigmoid_attn.hopper_ws import (
     CONSUMER_REGS,
     CONSUMER_WARPS,
     PRODUCER_REGS,
+    _invalidate_ring,
     _release,
+    _ring,
     _stream_kv,
-    ws_constants,
+    _two_consumer_blocks,
     ws_maxnreg,
 )
 
@@ -66,56 +76,27 @@ def _dq_consumer_step(
 ):
     """hopper_bwd._dq_step on the shared ring: the stage of block j - 1 is released instead of refilled."""
     STAGES: gl.constexpr = k_smem.shape[0]
-    BN: gl.constexpr = k_smem.shape[1]
-    dtype: gl.constexpr = k_smem.dtype
-    op_layout: gl.constexpr = ds_prev.type.layout
     stage = j % STAGES
     prev = (j - 1) % STAGES
     mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
-    s_tok = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    dp_tok = warpgroup_mma(do_tile, v_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    dq_tok = warpgroup_mma(ds_prev, k_smem.index(prev), dq, is_async=True)
-    s = warpgroup_mma_wait(2, deps=(s_tok,))
-    ds_next, dsum = _ds_block(
-        s, dp_tok, dsum, j * BN, o_m, scale_half, bias_half, kb_base, stride_kbt, len_k, shift,
-        HAS_KEY_BIAS, MASK, CAUSAL, dtype, op_layout, 1,
+    ds_next, dq, dsum = _dq_block(
+        j, ds_prev, dq, dsum, q_tile, do_tile, k_smem, v_smem, stage, prev, s_zero, o_m, scale_half,
+        bias_half, kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS, MASK, CAUSAL,
     )  # fmt: skip
-    dq, ds_prev = warpgroup_mma_wait(0, deps=(dq_tok, ds_prev))
     mbarrier.arrive(empty.index(prev), count=1)
     return ds_next, dq, dsum
 
 
 @gluon.jit
 def _dq_consumer(
-    WG: gl.constexpr,
-    q_smem,
-    do_smem,
-    k_smem,
-    v_smem,
-    q_bar,
-    ready,
-    empty,
-    DQ,
-    DBIAS,
-    m0,
-    len_q,
-    len_k,
-    store_rows,
-    n_total,
-    out_row0,
-    out_col,
-    stride_dqt,
-    kb_base,
-    stride_kbt,
-    scale,
-    bias_half,
-    dbias_row,
-    num_m_blocks,
-    CAUSAL: gl.constexpr,
+    WG: gl.constexpr, q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty,
+    DQ, DBIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base, stride_kbt,
+    scale, bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL: gl.constexpr,
     HAS_KEY_BIAS: gl.constexpr,
-):
-    """dQ of query rows ``m0 + WG * BM + [0, BM)`` and their sum of dS (DBIAS slot ``dbias_row`` + the
-    query block, none past ``num_m_blocks``), as hopper_bwd's dQ kernel, on the shared K / V ring."""
+):  # fmt: skip
+    """Consumer ``WG`` (0 or 1): dQ of query rows ``m0 + WG * BM + [0, BM)`` and their sum of dS (DBIAS
+    slot ``dbias_row`` + the query block, none past ``num_m_blocks``), as hopper_bwd's dQ kernel, on the
+    shared K / V ring. Every partition takes these arguments (one worker signature)."""
     BM: gl.constexpr = q_smem.shape[1]
     D: gl.constexpr = q_smem.shape[2]
     BN: gl.constexpr = k_smem.shape[1]
@@ -171,38 +152,10 @@ def _dq_consumer(
 
 
 @gluon.jit
-def _dq_first_consumer(
-    q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ, DBIAS, m0,
-    len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base, stride_kbt, scale,
-    bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL: gl.constexpr,
-    HAS_KEY_BIAS: gl.constexpr,
-):  # fmt: skip
-    _dq_consumer(
-        0, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ, DBIAS, m0, len_q, len_k, store_rows,
-        n_total, out_row0, out_col, stride_dqt, kb_base, stride_kbt, scale, bias_half, dbias_row,
-        num_m_blocks, CAUSAL, HAS_KEY_BIAS,
-    )  # fmt: skip
-
-
-@gluon.jit
-def _dq_second_consumer(
-    q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ, DBIAS, m0,
-    len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base, stride_kbt, scale,
-    bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL: gl.constexpr,
-    HAS_KEY_BIAS: gl.constexpr,
-):  # fmt: skip
-    _dq_consumer(
-        1, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ, DBIAS, m0, len_q, len_k, store_rows,
-        n_total, out_row0, out_col, stride_dqt, kb_base, stride_kbt, scale, bias_half, dbias_row,
-        num_m_blocks, CAUSAL, HAS_KEY_BIAS,
-    )  # fmt: skip
-
-
-@gluon.jit
 def _dq_loader(
-    q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ, DBIAS, m0,
-    len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base, stride_kbt, scale,
-    bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL: gl.constexpr,
+    WG: gl.constexpr, q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty,
+    DQ, DBIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base, stride_kbt,
+    scale, bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL: gl.constexpr,
     HAS_KEY_BIAS: gl.constexpr,
 ):  # fmt: skip
     """Both consumers' Q and dO tiles, then the K / V ring."""
@@ -252,35 +205,19 @@ def sigmoid_attn_bwd_dq_hopper_ws_kernel(
     BN: gl.constexpr = k_desc.block_type.shape[0]
     dtype: gl.constexpr = q_desc.dtype
 
-    i_m = gl.program_id(0)
-    i_bh = gl.program_id(1)
-    if CAUSAL:  # the longest programs (last query blocks) start first
-        i_m = gl.num_programs(0) - 1 - i_m
-    i_b = i_bh // H
-    i_h = i_bh % H
-    start_q = gl.load(START_Q + i_b)
-    len_q = gl.load(LEN_Q + i_b)
-    start_k = gl.load(START_K + i_b)
-    len_k = gl.load(LEN_K + i_b)
-    store_rows = len_q
-    if STORE_ALL_ROWS:
-        store_rows = rows_q
+    i_m, i_bh, i_b, i_h, start_q, len_q, start_k, len_k, store_rows = _program(
+        START_Q, LEN_Q, START_K, LEN_K, rows_q, H, CAUSAL, False, STORE_ALL_ROWS
+    )
     m0 = i_m * 2 * BM  # no early return: see sigmoid_attn_fwd_hopper_ws_kernel
-    _, n_second, _ = _key_blocks(m0 + BM, len_q, len_k, BM, BN, CAUSAL)
-    _, n_first, _ = _key_blocks(m0, len_q, len_k, BM, BN, CAUSAL)
-    n_total = gl.maximum(n_first, n_second)
+    n_total = _two_consumer_blocks(m0, len_q, len_k, BM, BN, CAUSAL)
 
     q_smem = gl.allocate_shared_memory(dtype, [2, BM, D], q_desc.layout)
     do_smem = gl.allocate_shared_memory(dtype, [2, BM, D], do_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
-    for st in gl.static_range(STAGES):
-        mbarrier.init(ready.index(st), count=1)
-        mbarrier.init(empty.index(st), count=2)  # one arrival per consumer
+    ready, empty = _ring(STAGES)
     fence_async_shared()
 
     row_q = i_b * rows_q + start_q + m0
@@ -295,22 +232,22 @@ def sigmoid_attn_bwd_dq_hopper_ws_kernel(
     gl.warp_specialize(
         [
             (
-                _dq_first_consumer,
-                (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ,
+                _dq_consumer,
+                (0, q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ,
                  DBIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base,
                  stride_kbt, scale, bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL,
                  HAS_KEY_BIAS),
             ),
             (
-                _dq_second_consumer,
-                (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ,
+                _dq_consumer,
+                (1, q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ,
                  DBIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base,
                  stride_kbt, scale, bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL,
                  HAS_KEY_BIAS),
             ),
             (
                 _dq_loader,
-                (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ,
+                (0, q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, ready, empty, DQ,
                  DBIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_dqt, kb_base,
                  stride_kbt, scale, bias_half, dbias_row, num_m_blocks, row_q, row_k, col_k, CAUSAL,
                  HAS_KEY_BIAS),
@@ -320,9 +257,7 @@ def sigmoid_attn_bwd_dq_hopper_ws_kernel(
         [CONSUMER_REGS, PRODUCER_REGS],
     )  # fmt: skip
     mbarrier.invalidate(q_bar)
-    for st in gl.static_range(STAGES):
-        mbarrier.invalidate(ready.index(st))
-        mbarrier.invalidate(empty.index(st))
+    _invalidate_ring(ready, empty)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -332,45 +267,14 @@ def sigmoid_attn_bwd_dq_hopper_ws_kernel(
 
 @gluon.jit
 def _dkdv_consumer(
-    WG: gl.constexpr,
-    k_smem,
-    v_smem,
-    q_smem,
-    do_smem,
-    kv_bar,
-    ready,
-    empty,
-    DK,
-    DV,
-    DKB,
-    BIAS,
-    KEY_BIAS,
-    i_b,
-    i_hk,
-    n0,
-    len_q,
-    len_k,
-    store_rows,
-    shift,
-    first,
-    n_stream,
-    row_k0,
-    start_k,
-    stride_dkt,
-    stride_kbb,
-    stride_kbt,
-    stride_dkbh,
-    stride_dkbb,
-    stride_dkbt,
-    scale,
-    H: gl.constexpr,
-    GROUP: gl.constexpr,
-    CAUSAL: gl.constexpr,
-    HAS_KEY_BIAS: gl.constexpr,
-    WITH_DK: gl.constexpr,
-    WITH_DV: gl.constexpr,
-):
-    """dK, dV (and the key-bias sums) of keys ``n0 + WG * BN + [0, BN)`` over the program's stream of
+    WG: gl.constexpr, q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready,
+    empty, DK, DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream,
+    row_q, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb, stride_dkbt, scale,
+    H: gl.constexpr, GROUP: gl.constexpr, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
+    WITH_DK: gl.constexpr, WITH_DV: gl.constexpr,
+):  # fmt: skip
+    """Consumer ``WG`` (0 or 1; every partition takes these arguments): dK, dV (and the key-bias sums)
+    of keys ``n0 + WG * BN + [0, BN)`` over the program's stream of
     query blocks: ``n_stream`` blocks from ``first`` per head of the KV group. Blocks of the stream this
     consumer does not see (causal: before its diagonal; all, for keys past the sequence) are waited for
     and released unread."""
@@ -483,44 +387,12 @@ def _dkdv_ring_step(
 
 
 @gluon.jit
-def _dkdv_first_consumer(
-    q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty, DK, DV, DKB,
-    BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream, row_q, row_k0, start_k,
-    stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb, stride_dkbt, scale, H: gl.constexpr,
-    GROUP: gl.constexpr, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr, WITH_DK: gl.constexpr,
-    WITH_DV: gl.constexpr,
-):  # fmt: skip
-    _dkdv_consumer(
-        0,
-        k_smem, v_smem, q_smem, do_smem, kv_bar, ready, empty, DK, DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0,
-        len_q, len_k, store_rows, shift, first, n_stream, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt,
-        stride_dkbh, stride_dkbb, stride_dkbt, scale, H, GROUP, CAUSAL, HAS_KEY_BIAS, WITH_DK, WITH_DV,
-    )  # fmt: skip
-
-
-@gluon.jit
-def _dkdv_second_consumer(
-    q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty, DK, DV, DKB,
-    BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream, row_q, row_k0, start_k,
-    stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb, stride_dkbt, scale, H: gl.constexpr,
-    GROUP: gl.constexpr, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr, WITH_DK: gl.constexpr,
-    WITH_DV: gl.constexpr,
-):  # fmt: skip
-    _dkdv_consumer(
-        1,
-        k_smem, v_smem, q_smem, do_smem, kv_bar, ready, empty, DK, DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0,
-        len_q, len_k, store_rows, shift, first, n_stream, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt,
-        stride_dkbh, stride_dkbb, stride_dkbt, scale, H, GROUP, CAUSAL, HAS_KEY_BIAS, WITH_DK, WITH_DV,
-    )  # fmt: skip
-
-
-@gluon.jit
 def _dkdv_loader(
-    q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty, DK, DV, DKB,
-    BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream, row_q, row_k0, start_k,
-    stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb, stride_dkbt, scale, H: gl.constexpr,
-    GROUP: gl.constexpr, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr, WITH_DK: gl.constexpr,
-    WITH_DV: gl.constexpr,
+    WG: gl.constexpr, q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready,
+    empty, DK, DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream,
+    row_q, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb, stride_dkbt, scale,
+    H: gl.constexpr, GROUP: gl.constexpr, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
+    WITH_DK: gl.constexpr, WITH_DV: gl.constexpr,
 ):  # fmt: skip
     """Both consumers' K and V tiles, then the program's stream of Q / dO blocks (each head of the KV
     group in turn) through the ring."""
@@ -590,17 +462,9 @@ def sigmoid_attn_bwd_dkdv_hopper_ws_kernel(
     dtype: gl.constexpr = q_desc.dtype
     HKV: gl.constexpr = H // GROUP
 
-    i_n = gl.program_id(0)
-    i_bhk = gl.program_id(1)
-    i_b = i_bhk // HKV
-    i_hk = i_bhk % HKV
-    start_q = gl.load(START_Q + i_b)
-    len_q = gl.load(LEN_Q + i_b)
-    start_k = gl.load(START_K + i_b)
-    len_k = gl.load(LEN_K + i_b)
-    store_rows = len_k
-    if STORE_ALL_ROWS:
-        store_rows = rows_k
+    i_n, _, i_b, i_hk, start_q, len_q, start_k, len_k, store_rows = _program(
+        START_Q, LEN_Q, START_K, LEN_K, rows_k, HKV, False, True, STORE_ALL_ROWS
+    )
     n0 = i_n * 2 * BN  # no early return: see sigmoid_attn_fwd_hopper_ws_kernel
     shift = len_k - len_q
     # The stream: the query blocks the first consumer's keys see (the second's are a suffix of them).
@@ -616,12 +480,8 @@ def sigmoid_attn_bwd_dkdv_hopper_ws_kernel(
     k_smem = gl.allocate_shared_memory(dtype, [2, BN, D], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [2, BN, D], v_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
-    for st in gl.static_range(STAGES):
-        mbarrier.init(ready.index(st), count=1)
-        mbarrier.init(empty.index(st), count=2)  # one arrival per consumer
+    ready, empty = _ring(STAGES)
     fence_async_shared()
 
     row_q = i_b * rows_q + start_q
@@ -630,34 +490,32 @@ def sigmoid_attn_bwd_dkdv_hopper_ws_kernel(
     gl.warp_specialize(
         [
             (
-                _dkdv_first_consumer,
-                (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty, DK,
-                 DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream,
-                 row_q, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb,
-                 stride_dkbt, scale, H, GROUP, CAUSAL, HAS_KEY_BIAS, WITH_DK, WITH_DV),
+                _dkdv_consumer,
+                (0, q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty,
+                 DK, DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first,
+                 n_stream, row_q, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt, stride_dkbh,
+                 stride_dkbb, stride_dkbt, scale, H, GROUP, CAUSAL, HAS_KEY_BIAS, WITH_DK, WITH_DV),
             ),
             (
-                _dkdv_second_consumer,
-                (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty, DK,
-                 DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream,
-                 row_q, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb,
-                 stride_dkbt, scale, H, GROUP, CAUSAL, HAS_KEY_BIAS, WITH_DK, WITH_DV),
+                _dkdv_consumer,
+                (1, q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty,
+                 DK, DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first,
+                 n_stream, row_q, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt, stride_dkbh,
+                 stride_dkbb, stride_dkbt, scale, H, GROUP, CAUSAL, HAS_KEY_BIAS, WITH_DK, WITH_DV),
             ),
             (
                 _dkdv_loader,
-                (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty, DK,
-                 DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first, n_stream,
-                 row_q, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt, stride_dkbh, stride_dkbb,
-                 stride_dkbt, scale, H, GROUP, CAUSAL, HAS_KEY_BIAS, WITH_DK, WITH_DV),
+                (0, q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, ready, empty,
+                 DK, DV, DKB, BIAS, KEY_BIAS, i_b, i_hk, n0, len_q, len_k, store_rows, shift, first,
+                 n_stream, row_q, row_k0, start_k, stride_dkt, stride_kbb, stride_kbt, stride_dkbh,
+                 stride_dkbb, stride_dkbt, scale, H, GROUP, CAUSAL, HAS_KEY_BIAS, WITH_DK, WITH_DV),
             ),
         ],
         [CONSUMER_WARPS, 1],
         [CONSUMER_REGS, PRODUCER_REGS],
     )  # fmt: skip
     mbarrier.invalidate(kv_bar)
-    for st in gl.static_range(STAGES):
-        mbarrier.invalidate(ready.index(st))
-        mbarrier.invalidate(empty.index(st))
+    _invalidate_ring(ready, empty)
 
 
 def compile_ws_bwd_sm90(
@@ -675,25 +533,17 @@ def compile_ws_bwd_sm90(
     """The warp-specialized dQ (``kind="dq"``) or dK / dV kernel (``"dkdv"``; ``"dk"`` / ``"dv"``: one
     part) compiled for sm_90a without a GPU. ``config`` = (BM, BN, STAGES): BM query rows per consumer
     (dQ) or per streamed block (dK / dV), BN keys per block (dQ) or per consumer (dK / dV)."""
-    from sigcell.ops.sigmoid_attn.hopper import compile_for_sm90
+    from sigcell.ops.sigmoid_attn.hopper import compile_constants, compile_for_sm90
 
     block_m, block_n, stages = config
-    constants = ws_constants(stages, causal, key_bias, padded, heads, group)
-    lengths = dict.fromkeys(("START_Q", "LEN_Q", "START_K", "LEN_K"), "*i32")
+    constants = compile_constants(stages, CONSUMER_WARPS.value, causal, key_bias, padded, heads, group)
     if kind == "dq":
         kernel = sigmoid_attn_bwd_dq_hopper_ws_kernel
-        args = {"DQ": "*dt", **dict.fromkeys(("DBIAS", "BIAS", "KEY_BIAS"), "*fp32"), **lengths}
-        ints = ("rows_q", "rows_k", "stride_dqt", "stride_kbb", "stride_kbt", "num_m_blocks")
-        args.update({**dict.fromkeys(ints, "i32"), "scale": "fp32"})
     elif kind in ("dkdv", "dk", "dv"):
         kernel = sigmoid_attn_bwd_dkdv_hopper_ws_kernel
-        args = {"DK": "*dt", "DV": "*dt", **dict.fromkeys(("DKB", "BIAS", "KEY_BIAS"), "*fp32"), **lengths}
-        ints = ("rows_q", "rows_k", "stride_dkt", "stride_kbb", "stride_kbt", "stride_dkbh", "stride_dkbb")
-        args.update(dict.fromkeys((*ints, "stride_dkbt"), "i32"))
-        args.update({"DQ": "*fp32", "DBIAS": "*fp32", "stride_dqt": "i32", "num_n_blocks": "i32"})
-        args["scale"] = "fp32"
-        constants.update(FUSED=False, WITH_DK=kind != "dv", WITH_DV=kind != "dk")
+        constants.update(dkdv_part_flags(kind))
     else:
         raise ValueError(f"kind must be 'dq', 'dkdv', 'dk' or 'dv', got {kind!r}")
     blocks = {"q_desc": block_m, "do_desc": block_m, "k_desc": block_n, "v_desc": block_n}
+    args = backward_args(kind)
     return compile_for_sm90(kernel, blocks, args, constants, dim, dtype, maxnreg=ws_maxnreg())

@@ -286,20 +286,19 @@ _SPLIT_DKDV_DIMS = {256}
 _HOPPER_BWD_DEFAULT_DIMS = "64,128,256"
 
 
+def _env_dims(name: str, default: str, known) -> set[int]:
+    """Head dims listed (comma-separated) in the environment variable ``name`` (``default`` when unset)
+    that have a configuration in ``known``."""
+    names = os.environ.get(name, default)
+    return {int(x) for x in names.split(",") if x.strip()} & set(known)
+
+
 def _hopper_dims() -> set[int]:
     """Head dims the Gluon forward takes; ``SIGCELL_HOPPER_FWD=0`` turns it off (benchmark A/B)."""
     if os.environ.get("SIGCELL_HOPPER_FWD", "1") == "0":
         return set()
-    names = os.environ.get("SIGCELL_HOPPER_FWD_DIMS", _HOPPER_DEFAULT_DIMS)
-    return {int(x) for x in names.split(",") if x.strip()} & set(_HOPPER_CONFIGS) | _forced_ws_dims()
-
-
-def _forced_ws_dims() -> set[int]:
-    """Head dims named by ``SIGCELL_HOPPER_WS_DIMS`` (unset or empty: none)."""
-    names = os.environ.get("SIGCELL_HOPPER_WS_DIMS")
-    if names is None:
-        return set()
-    return {int(x) for x in names.split(",") if x.strip()} & set(_HOPPER_WS_CONFIGS)
+    dims = _env_dims("SIGCELL_HOPPER_FWD_DIMS", _HOPPER_DEFAULT_DIMS, _HOPPER_CONFIGS)
+    return dims | _env_dims("SIGCELL_HOPPER_WS_DIMS", "", _HOPPER_WS_CONFIGS)
 
 
 def _uses_ws_forward(dim: int, span: int) -> bool:
@@ -307,7 +306,7 @@ def _uses_ws_forward(dim: int, span: int) -> bool:
     of ``span`` query rows: per _HOPPER_WS_MIN_SPAN, or for exactly the head dims that
     ``SIGCELL_HOPPER_WS_DIMS`` names (benchmark A/B and tests; empty: never)."""
     if "SIGCELL_HOPPER_WS_DIMS" in os.environ:
-        return dim in _forced_ws_dims()
+        return dim in _env_dims("SIGCELL_HOPPER_WS_DIMS", "", _HOPPER_WS_CONFIGS)
     return dim in _HOPPER_WS_MIN_SPAN and span >= _HOPPER_WS_MIN_SPAN[dim]
 
 
@@ -357,11 +356,9 @@ def _hopper_bwd_kernels(q, k, v, dout, slopes, varlen, fast_sigmoid, n_bh) -> se
     ``SIGCELL_HOPPER_BWD=0`` turns both off, ``SIGCELL_HOPPER_BWD_DIMS=64,128,256`` picks the head dims,
     ``SIGCELL_HOPPER_BWD_KERNELS=dkdv`` keeps one (benchmark A/B), ``SIGCELL_HOPPER_BWD_KERNELS=fused``
     selects the opt-in one-kernel Gluon backward ({"fused"}; D64 / D128 only)."""
-    dims = os.environ.get("SIGCELL_HOPPER_BWD_DIMS", _HOPPER_BWD_DEFAULT_DIMS).split(",")
     dim = q.shape[-1]
-    if os.environ.get("SIGCELL_HOPPER_BWD", "1") == "0" or str(dim) not in dims:
-        return set()
-    if dim not in _HOPPER_BWD_CONFIGS["dkdv"]:
+    dims = _env_dims("SIGCELL_HOPPER_BWD_DIMS", _HOPPER_BWD_DEFAULT_DIMS, _HOPPER_BWD_CONFIGS["dkdv"])
+    if os.environ.get("SIGCELL_HOPPER_BWD", "1") == "0" or dim not in dims:
         return set()
     if not _hopper_eligible(q, slopes, fast_sigmoid, n_bh, (q, k, v, dout), varlen):
         return set()
@@ -429,16 +426,11 @@ def _hopper_forward(
 
 
 def _hopper_constants(heads, k, key_bias, causal, varlen, stages, warps) -> dict:
-    """Compile-time arguments every Gluon kernel takes (hopper.py, hopper_bwd.py)."""
-    return dict(
-        H=heads,
-        GROUP=heads // k.shape[2],
-        CAUSAL=causal,
-        HAS_KEY_BIAS=key_bias is not None,
-        STORE_ALL_ROWS=not varlen,
-        STAGES=stages,
-        num_warps=warps,
-    )
+    """Compile-time arguments every Gluon kernel takes (hopper*.py), for these tensors."""
+    from sigcell.ops.sigmoid_attn.hopper import compile_constants
+
+    group = heads // k.shape[2]
+    return compile_constants(stages, warps, causal, key_bias is not None, not varlen, heads, group)
 
 
 def _hopper_bwd_config(kind: str, dim: int) -> tuple[int, int, int, int]:
@@ -515,8 +507,7 @@ def _hopper_dkdv(
 def _uses_ws_backward(dim: int) -> bool:
     """Whether the backward runs the warp-specialized dQ and dK / dV kernels: for the head dims
     ``SIGCELL_HOPPER_WS_BWD_DIMS`` names (the fused variant keeps its own kernel)."""
-    names = os.environ.get("SIGCELL_HOPPER_WS_BWD_DIMS", "")
-    return dim in {int(x) for x in names.split(",") if x.strip()} & set(_HOPPER_WS_DQ_CONFIGS)
+    return dim in _env_dims("SIGCELL_HOPPER_WS_BWD_DIMS", "", _HOPPER_WS_DQ_CONFIGS)
 
 
 def _hopper_dq(q, k, v, dout, dq, bias, key_bias, lengths, scale, causal, varlen, span_q) -> torch.Tensor:
