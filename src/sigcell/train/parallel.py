@@ -70,9 +70,14 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
+def is_initialized() -> bool:
+    """True once a process group exists (created by sigcell or by the caller)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def shutdown() -> None:
     """Destroy the process group if this process created one."""
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()
 
 

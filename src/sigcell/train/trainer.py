@@ -369,5 +369,10 @@ def pretrain(config: TrainConfig, *, resume: bool = False, until: int | None = N
     -------
     TrainResult
     """
+    owns_group = not parallel.is_initialized()
     trainer = Trainer(config, resume=resume)
-    return trainer.fit(until)
+    result = trainer.fit(until)
+    if owns_group:  # without this, gloo's threads may outlive the interpreter and abort the process
+        parallel.barrier()
+        parallel.shutdown()
+    return result
