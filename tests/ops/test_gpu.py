@@ -44,7 +44,8 @@ def _hopper_calls(monkeypatch) -> dict[str, list]:
     sm_90): kernel name -> shapes of q it ran on."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the Gluon kernels need an sm_90 GPU (H100 / H200)")
-    switches = ("HOPPER_FWD", "HOPPER_BWD", "HOPPER_BWD_KERNELS", "HOPPER_WS_DIMS", "HOPPER_WS_BWD_DIMS")
+    switches = ("HOPPER_FWD", "HOPPER_BWD", "HOPPER_BWD_KERNELS", "HOPPER_WS_DIMS", "HOPPER_WS_BWD_DIMS",
+                "HOPPER_WS_PINGPONG_DIMS")
     for name in (*switches, "FUSED_BWD"):
         monkeypatch.delenv(f"SIGCELL_{name}", raising=False)
     monkeypatch.setenv("SIGCELL_HOPPER_FWD_DIMS", "64,128,256")
@@ -127,15 +128,18 @@ def test_hopper_forward_edges(layout, causal, key_bias, monkeypatch):
 WS_GRID = list(itertools.product(["bf16", "fp16"], [False, True], ["padded", "varlen"], [64, 128, 256]))
 
 
+@pytest.mark.parametrize("pingpong", [False, True])
 @pytest.mark.parametrize(("dtype", "causal", "layout", "dim"), WS_GRID)
-def test_hopper_ws_forward_matches_reference(dtype, causal, layout, dim, monkeypatch):
-    """The opt-in warp-specialized forward (hopper_ws.py, SIGCELL_HOPPER_WS_DIMS)."""
+def test_hopper_ws_forward_matches_reference(dtype, causal, layout, dim, pingpong, monkeypatch):
+    """The warp-specialized forward (hopper_ws.py, SIGCELL_HOPPER_WS_DIMS), with and without ping-pong
+    (SIGCELL_HOPPER_WS_PINGPONG_DIMS)."""
     calls = _hopper_calls(monkeypatch)
     monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "64,128,256")
+    monkeypatch.setenv("SIGCELL_HOPPER_WS_PINGPONG_DIMS", "64,128,256" if pingpong else "")
     index = WS_GRID.index((dtype, causal, layout, dim))
     case = make_case(
-        8700 + index, layout=layout, batch=3, lq=700 if causal else 731, lk=731 if causal else 677,
-        heads=4, kv_heads=2, dim=dim, causal=causal, key_bias=bool(index % 2),
+        8700 + index + 50 * pingpong, layout=layout, batch=3, lq=700 if causal else 731,
+        lk=731 if causal else 677, heads=4, kv_heads=2, dim=dim, causal=causal, key_bias=bool(index % 2),
         bias_mode=("none", "float", "tensor")[index % 3], device="cuda",
     )
     _check(case, DTYPES[dtype])
@@ -160,12 +164,14 @@ def test_hopper_ws_backward_matches_reference(dtype, causal, layout, dim, monkey
 @pytest.mark.parametrize("dim", [64, 128, 256])
 @pytest.mark.parametrize("layout", ["padded", "varlen"])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("kernels", ["fwd", "fwd,bwd"])
+@pytest.mark.parametrize("kernels", ["fwd", "fwd-pingpong", "fwd,bwd"])
 def test_hopper_ws_edges(dim, layout, causal, kernels, monkeypatch):
     """Lengths 0 and 1, one row or key past a program, a program and a half: the warp-specialized
-    forward, and with it the warp-specialized backward."""
+    forward (with ping-pong), and with it the warp-specialized backward."""
     _hopper_calls(monkeypatch)
     monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "64,128,256")
+    if "pingpong" in kernels:
+        monkeypatch.setenv("SIGCELL_HOPPER_WS_PINGPONG_DIMS", "64,128,256")
     if "bwd" in kernels:
         monkeypatch.setenv("SIGCELL_HOPPER_WS_BWD_DIMS", "64,128,256")
     case = make_case(
@@ -204,16 +210,18 @@ def test_hopper_fused_backward_matches_reference(dtype, causal, layout, dim, mon
 
 
 @pytest.mark.parametrize(
-    ("kernels", "dim"), [("dkdv,dq", 128), ("fused", 128), ("dkdv,dq", 256), ("ws", 128), ("ws", 256)]
+    ("kernels", "dim"),
+    [("dkdv,dq", 128), ("fused", 128), ("dkdv,dq", 256), ("ws", 128), ("ws", 256), ("ws-pingpong", 64)],
 )
 @pytest.mark.parametrize("causal", [False, True])
 def test_hopper_kernels_ignore_nan_padding(causal, kernels, dim, monkeypatch):
     """NaN in the padding rows of q / k / v / dout changes nothing, forward or backward (the kernels read
     padding past each sequence through TMA, mask its scores and zero those operand rows)."""
     calls = _hopper_calls(monkeypatch)
-    if kernels == "ws":  # the warp-specialized forward and backward
+    if kernels.startswith("ws"):  # the warp-specialized forward and backward
         monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", str(dim))
         monkeypatch.setenv("SIGCELL_HOPPER_WS_BWD_DIMS", str(dim))
+        monkeypatch.setenv("SIGCELL_HOPPER_WS_PINGPONG_DIMS", str(dim) if "pingpong" in kernels else "")
     else:
         monkeypatch.setenv("SIGCELL_HOPPER_BWD_KERNELS", kernels)
     gen = torch.Generator(device="cuda").manual_seed(8200 + causal)

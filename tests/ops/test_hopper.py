@@ -67,7 +67,7 @@ def test_backward_compiles_for_sm90_with_overlapped_wgmma(kind, dim, dtype, caus
 @pytest.mark.parametrize(
     ("dim", "causal", "key_bias"), [(64, True, False), (128, False, True), (256, True, True)]
 )
-@pytest.mark.parametrize("kind", ["fwd", "dq", "dkdv"])
+@pytest.mark.parametrize("kind", ["fwd", "fwd_pingpong", "dq", "dkdv"])
 def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
     """The warp-specialized forward and dQ kernels: register reallocation between partitions, each
     consumer's loops keep a matmul in flight while it computes (forward: P V during the sigmoid; dQ: dP
@@ -80,14 +80,15 @@ def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
 
     configs = {
         "fwd": interface._HOPPER_WS_CONFIGS,
+        "fwd_pingpong": interface._HOPPER_WS_CONFIGS,
         "dq": interface._HOPPER_WS_DQ_CONFIGS,
         "dkdv": interface._HOPPER_WS_DKDV_CONFIGS,
     }[kind]
     if kind == "dkdv" and dim == 256:
         kind = "dk"  # D256: dK and dV in separate launches
     flags = {"causal": causal, "key_bias": key_bias, "padded": not causal}
-    if kind == "fwd":
-        kernel = compile_ws_sm90(dim, configs[dim], group=2, **flags)
+    if kind.startswith("fwd"):
+        kernel = compile_ws_sm90(dim, configs[dim], group=2, pingpong=kind == "fwd_pingpong", **flags)
     else:
         kernel = compile_ws_bwd_sm90(kind, dim, configs[dim], group=2, **flags)
     ptx = kernel.asm["ptx"]
@@ -99,11 +100,16 @@ def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
     loops = 3 if causal else 2
     expected = {
         "fwd": {1: 4},
+        "fwd_pingpong": {1: 4},
         "dq": {2: 4, 1: 6},
         "dkdv": {1: 4 * loops, 0: 2 * loops},
         "dk": {1: 2 * loops, 0: 4 * loops},
     }[kind]
     assert {n: waits[n] for n in expected} == expected
+    if kind.startswith("fwd"):  # ping-pong: the turn passes between issuing the matmuls and waiting for S
+        chunks = ptx.split("wgmma.wait_group.sync.aligned 1;")[:-1]
+        between = [chunk.rsplit("wgmma.commit_group", 1)[1] for chunk in chunks]
+        assert all(("mbarrier.arrive" in text) == (kind == "fwd_pingpong") for text in between)
     assert not re.search(r"\bbar\.sync\s+0;", ptx)  # partition barriers name their thread count
     assert kernel.metadata.shared <= 227 * 1024
 
@@ -186,7 +192,7 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
 
     from sigcell.ops.sigmoid_attn import hopper, hopper_bwd, hopper_ws, hopper_ws_bwd
 
-    launches = []
+    launches, pingpong = [], []
 
     class Binder:
         def __init__(self, kernel):
@@ -197,6 +203,7 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
                 inspect.signature(self.kernel.fn).bind(*args, **kwargs)  # missing / unknown argument
                 parts = (kwargs.get("WITH_DK"), kwargs.get("WITH_DV"))
                 launches.append((self.kernel.fn.__name__, grid, parts))
+                pingpong.append(kwargs.get("PINGPONG"))
 
             return launch
 
@@ -239,6 +246,11 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
         wide[0], wide[1], wide[1], wide[0], torch.empty_like(wide[1]), torch.empty_like(wide[1]), dkb, bias,
         key_bias, lengths, 0.1, True, varlen, rows,
     )  # fmt: skip
+    monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "128")
+    monkeypatch.setenv("SIGCELL_HOPPER_WS_PINGPONG_DIMS", "64,128")
+    interface._hopper_forward(q, k, k, *common)
+    assert launches.pop()[0] == "sigmoid_attn_fwd_hopper_ws_kernel"
+    assert [pingpong[i] for i in (0, 4, -1)] == [None, False, True]  # ping-pong: opt-in, per head dim
     assert [name for name, _, _ in launches] == [
         "sigmoid_attn_fwd_hopper_kernel",
         "sigmoid_attn_bwd_dkdv_hopper_kernel",

@@ -200,6 +200,48 @@ def _step(
 
 
 @gluon.jit
+def _fwd_issue(p, acc, q_tile, k_smem, v_smem, stage, prev, s_zero):
+    """Issue ``S_j = Q K_j^T`` (K in ring stage ``stage``) and ``acc += P_{j-1} V_{j-1}`` (V in stage
+    ``prev``) without waiting; returns their tokens."""
+    s_tok = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    acc_tok = warpgroup_mma(p, v_smem.index(prev), acc, is_async=True)
+    return s_tok, acc_tok
+
+
+@gluon.jit
+def _fwd_finish(
+    j,
+    s_tok,
+    acc_tok,
+    p,
+    o_m,
+    scale_half,
+    bias_half,
+    kb_base,
+    stride_kbt,
+    len_k,
+    shift,
+    HAS_KEY_BIAS: gl.constexpr,
+    MASK: gl.constexpr,
+    CAUSAL: gl.constexpr,
+):
+    """Wait for ``S_j`` only, compute ``P_j`` while ``P V`` runs, then retire ``P V``. Returns ``P_j``
+    and the accumulator."""
+    BN: gl.constexpr = s_tok.type.tensor_type.shape[1]
+    dtype: gl.constexpr = p.dtype
+    s_layout: gl.constexpr = s_tok.type.tensor_type.layout
+    p_layout: gl.constexpr = p.type.layout
+    s = warpgroup_mma_wait(1, deps=(s_tok,))
+    o_n = j * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
+    p_next = _p_block(
+        s, o_m, o_n, scale_half, bias_half, kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS, MASK, CAUSAL,
+        dtype, p_layout,
+    )  # fmt: skip
+    acc, p = warpgroup_mma_wait(0, deps=(acc_tok, p))
+    return p_next, acc
+
+
+@gluon.jit
 def _fwd_block(
     j,
     p,
@@ -221,23 +263,12 @@ def _fwd_block(
     MASK: gl.constexpr,
     CAUSAL: gl.constexpr,
 ):
-    """Issue ``S_j = Q K_j^T`` (K in ring stage ``stage``) and ``acc += P_{j-1} V_{j-1}`` (V in stage
-    ``prev``), wait for ``S_j`` only, compute ``P_j`` while ``P V`` runs, then retire ``P V``. Returns
-    ``P_j`` and the accumulator."""
-    BN: gl.constexpr = k_smem.shape[1]
-    dtype: gl.constexpr = k_smem.dtype
-    s_layout: gl.constexpr = s_zero.type.layout
-    p_layout: gl.constexpr = p.type.layout
-    s_tok = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    acc_tok = warpgroup_mma(p, v_smem.index(prev), acc, is_async=True)
-    s = warpgroup_mma_wait(1, deps=(s_tok,))
-    o_n = j * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
-    p_next = _p_block(
-        s, o_m, o_n, scale_half, bias_half, kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS, MASK, CAUSAL,
-        dtype, p_layout,
+    """One pipeline step of the forward: :func:`_fwd_issue`, then :func:`_fwd_finish`."""
+    s_tok, acc_tok = _fwd_issue(p, acc, q_tile, k_smem, v_smem, stage, prev, s_zero)
+    return _fwd_finish(
+        j, s_tok, acc_tok, p, o_m, scale_half, bias_half, kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS,
+        MASK, CAUSAL,
     )  # fmt: skip
-    acc, p = warpgroup_mma_wait(0, deps=(acc_tok, p))
-    return p_next, acc
 
 
 @gluon.jit

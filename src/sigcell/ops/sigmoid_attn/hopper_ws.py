@@ -19,6 +19,11 @@ read from L2 serves ``2 BM`` query rows. Masking, layouts and outputs are those 
 causal mask the second consumer (later rows) sees up to ``BM / BN`` more key blocks; the first one waits
 for and releases those stages without using them.
 
+Opt-in ping-pong (``PINGPONG``, ``SIGCELL_HOPPER_WS_PINGPONG_DIMS``; not yet run on a GPU): the two
+consumers take turns at issuing their matmuls (two ``turn`` mbarriers), so that one's sigmoid phase
+lines up with the other's matmuls instead of drifting into step with them. tests/ops/test_ws_schedule.py
+replays the barrier protocol under random interleavings (no deadlock, no lapped parity wait).
+
 hopper_ws_bwd.py splits the backward's two kernels the same way (opt-in, not yet run on a GPU).
 """
 
@@ -35,7 +40,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from sigcell.ops.sigmoid_attn.hopper import (
-    _fwd_block,
+    _fwd_finish,
+    _fwd_issue,
     _key_blocks,
     _mma_layout,
     _p_block,
@@ -94,6 +100,20 @@ def _stream_kv(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, col_k, n_blo
 
 
 @gluon.jit
+def _await_turn(turn, t, WG: gl.constexpr):
+    """Ping-pong: consumer 0 issues its matmuls of turn ``t`` after consumer 1 issued those of turn
+    ``t - 1`` (turn 0 is free), consumer 1 after consumer 0 issued those of turn ``t``. Strict
+    alternation keeps each ``turn`` barrier within one phase of its waiter, so parity identifies it."""
+    mbarrier.wait(turn.index(WG), (t & 1) ^ (1 - WG))
+
+
+@gluon.jit
+def _pass_turn(turn, WG: gl.constexpr):
+    """Ping-pong: hand the tensor cores to the other consumer (after issuing this turn's matmuls)."""
+    mbarrier.arrive(turn.index(1 - WG), count=1)
+
+
+@gluon.jit
 def _consumer_step(
     j,
     p,
@@ -103,6 +123,7 @@ def _consumer_step(
     v_smem,
     ready,
     empty,
+    turn,
     s_zero,
     o_m,
     scale_half,
@@ -111,18 +132,26 @@ def _consumer_step(
     stride_kbt,
     len_k,
     shift,
+    WG: gl.constexpr,
     HAS_KEY_BIAS: gl.constexpr,
     MASK: gl.constexpr,
     CAUSAL: gl.constexpr,
+    PINGPONG: gl.constexpr,
 ):
-    """hopper._step on the shared ring: the stage of block j - 1 is released instead of refilled."""
+    """hopper._step on the shared ring: the stage of block j - 1 is released instead of refilled; with
+    PINGPONG the two matmuls are issued in this consumer's turn j."""
     STAGES: gl.constexpr = k_smem.shape[0]
     stage = j % STAGES
     prev = (j - 1) % STAGES
     mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
-    p_next, acc = _fwd_block(
-        j, p, acc, q_tile, k_smem, v_smem, stage, prev, s_zero, o_m, scale_half, bias_half, kb_base,
-        stride_kbt, len_k, shift, HAS_KEY_BIAS, MASK, CAUSAL,
+    if PINGPONG:
+        _await_turn(turn, j, WG)
+    s_tok, acc_tok = _fwd_issue(p, acc, q_tile, k_smem, v_smem, stage, prev, s_zero)
+    if PINGPONG:
+        _pass_turn(turn, WG)
+    p_next, acc = _fwd_finish(
+        j, s_tok, acc_tok, p, o_m, scale_half, bias_half, kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS,
+        MASK, CAUSAL,
     )  # fmt: skip
     mbarrier.arrive(empty.index(prev), count=1)
     return p_next, acc
@@ -130,13 +159,18 @@ def _consumer_step(
 
 @gluon.jit
 def _consumer(
-    WG: gl.constexpr, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0,
-    len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
-    bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
+    WG: gl.constexpr, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, KEY_BIAS,
+    m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
+    bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr, PINGPONG: gl.constexpr,
 ):  # fmt: skip
     """Consumer ``WG`` (0 or 1): query rows ``m0 + WG * BM + [0, BM)``, the forward of hopper.py on the
     shared K / V ring. Stages past its own key blocks (up to the program's ``n_total``) are waited for
-    and released. Every partition takes these arguments (warp_specialize wants one worker signature)."""
+    and released. Every partition takes these arguments (warp_specialize wants one worker signature).
+
+    With PINGPONG the consumers take turns at issuing matmuls (``turn`` barriers): turn t issues
+    ``S_t`` and ``P_{t-1} V_{t-1}`` (turn 0: ``S_0`` alone; turn ``n_blocks``: the last ``P V``), so
+    one consumer's sigmoid runs while the other's matmuls do. Both take ``n_total + 1`` turns; one
+    with fewer key blocks passes its remaining turns idle, releasing the other's extra stages."""
     BM: gl.constexpr = q_smem.shape[1]
     D: gl.constexpr = q_smem.shape[2]
     BN: gl.constexpr = k_smem.shape[1]
@@ -155,7 +189,11 @@ def _consumer(
         s_zero = gl.zeros([BM, BN], gl.float32, s_layout)
         mbarrier.wait(q_bar, 0)
         mbarrier.wait(ready.index(0), 0)
+        if PINGPONG:
+            _await_turn(turn, 0, WG)
         s_tok = warpgroup_mma(q_tile, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        if PINGPONG:
+            _pass_turn(turn, WG)
         s = warpgroup_mma_wait(0, deps=(s_tok,))
         p = _p_block(
             s, o_m, gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout)), scale_half, bias_half, kb_base,
@@ -163,31 +201,44 @@ def _consumer(
         )  # fmt: skip
         for j in range(1, n_full):
             p, acc = _consumer_step(
-                j, p, acc, q_tile, k_smem, v_smem, ready, empty, s_zero, o_m, scale_half, bias_half,
-                kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS, False, CAUSAL,
+                j, p, acc, q_tile, k_smem, v_smem, ready, empty, turn, s_zero, o_m, scale_half, bias_half,
+                kb_base, stride_kbt, len_k, shift, WG, HAS_KEY_BIAS, False, CAUSAL, PINGPONG,
             )  # fmt: skip
         for j in range(gl.maximum(n_full, 1), n_blocks):
             p, acc = _consumer_step(
-                j, p, acc, q_tile, k_smem, v_smem, ready, empty, s_zero, o_m, scale_half, bias_half,
-                kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS, True, CAUSAL,
+                j, p, acc, q_tile, k_smem, v_smem, ready, empty, turn, s_zero, o_m, scale_half, bias_half,
+                kb_base, stride_kbt, len_k, shift, WG, HAS_KEY_BIAS, True, CAUSAL, PINGPONG,
             )  # fmt: skip
         last = n_blocks - 1
         if n_blocks * BN > len_k:  # only the last block can run past the sequence (hi <= len_k)
             _zero_rows_past(v_smem.index(last % STAGES), last * BN, len_k, num_warps)
+        if PINGPONG:
+            _await_turn(turn, n_blocks, WG)
         acc_tok = warpgroup_mma(p, v_smem.index(last % STAGES), acc, is_async=True)
+        if PINGPONG:
+            _pass_turn(turn, WG)
         acc = warpgroup_mma_wait(0, deps=(acc_tok,))
         mbarrier.arrive(empty.index(last % STAGES), count=1)
-    for j in range(n_blocks, n_total):  # the other consumer's extra blocks: release them unread
-        _release(ready, empty, j, STAGES)
+    if PINGPONG:
+        # Idle turns n_blocks + 1 .. n_total (all of them without key blocks); turn t releases the other
+        # consumer's stage t - 1 once that consumer has issued from it.
+        for t in range(n_blocks + (n_blocks > 0).to(gl.int32), n_total + 1):
+            _await_turn(turn, t, WG)
+            _pass_turn(turn, WG)
+            if t > n_blocks:
+                _release(ready, empty, t - 1, STAGES)
+    else:
+        for j in range(n_blocks, n_total):  # the other consumer's extra blocks: release them unread
+            _release(ready, empty, j, STAGES)
     seq = out_row0.to(gl.int64) * stride_ot + out_col
     _store_rows(O + seq, mine, stride_ot, acc.to(dtype), store_rows, len_q, num_warps)
 
 
 @gluon.jit
 def _loader(
-    WG: gl.constexpr, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0,
-    len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
-    bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
+    WG: gl.constexpr, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, KEY_BIAS,
+    m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
+    bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr, PINGPONG: gl.constexpr,
 ):  # fmt: skip
     """The producer: both Q tiles, then every key block of the program into the ring."""
     BM: gl.constexpr = q_desc.block_type.shape[0]
@@ -223,9 +274,11 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
     STORE_ALL_ROWS: gl.constexpr,
     STAGES: gl.constexpr,
     num_warps: gl.constexpr,
+    PINGPONG: gl.constexpr = False,
 ):
     """One program per (2 BM query rows, sequence x head); arguments as hopper.sigmoid_attn_fwd_hopper_kernel
-    (``num_warps`` = 4: the first consumer; the second consumer and the producer are extra warps)."""
+    (``num_warps`` = 4: the first consumer; the second consumer and the producer are extra warps);
+    PINGPONG: the consumers alternate at issuing matmuls (opt-in, see :func:`_consumer`)."""
     BM: gl.constexpr = q_desc.block_type.shape[0]
     D: gl.constexpr = q_desc.block_type.shape[1]
     BN: gl.constexpr = k_desc.block_type.shape[0]
@@ -245,6 +298,12 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
     ready, empty = _ring(STAGES)
+    if PINGPONG:
+        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(turn.index(0), count=1)
+        mbarrier.init(turn.index(1), count=1)
+    else:
+        turn = empty  # not used
     fence_async_shared()
 
     row_q = i_b * rows_q + start_q + m0
@@ -260,21 +319,21 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
         [
             (
                 _consumer,
-                (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0,
-                 len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt,
-                 scale_half, bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS),
+                (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, KEY_BIAS,
+                 m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt,
+                 scale_half, bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS, PINGPONG),
             ),
             (
                 _consumer,
-                (1, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0,
-                 len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt,
-                 scale_half, bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS),
+                (1, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, KEY_BIAS,
+                 m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt,
+                 scale_half, bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS, PINGPONG),
             ),
             (
                 _loader,
-                (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, O, KEY_BIAS, m0,
-                 len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt,
-                 scale_half, bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS),
+                (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, KEY_BIAS,
+                 m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt,
+                 scale_half, bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS, PINGPONG),
             ),
         ],
         [CONSUMER_WARPS, 1],
@@ -282,6 +341,9 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
     )  # fmt: skip
     mbarrier.invalidate(q_bar)
     _invalidate_ring(ready, empty)
+    if PINGPONG:
+        mbarrier.invalidate(turn.index(0))
+        mbarrier.invalidate(turn.index(1))
 
 
 @gluon.jit
@@ -307,12 +369,14 @@ def compile_ws_sm90(
     padded: bool = True,
     heads: int = 8,
     group: int = 1,
+    pingpong: bool = False,
 ):
     """The warp-specialized forward compiled for sm_90a without a GPU; ``config`` = (query rows per
-    consumer, BN, STAGES)."""
+    consumer, BN, STAGES); ``pingpong``: the consumers alternate at issuing matmuls."""
     from sigcell.ops.sigmoid_attn.hopper import compile_constants, compile_for_sm90, forward_args
 
     blocks = {"q_desc": config[0], "k_desc": config[1], "v_desc": config[1]}
     constants = compile_constants(config[2], CONSUMER_WARPS.value, causal, key_bias, padded, heads, group)
+    constants["PINGPONG"] = pingpong
     kernel = sigmoid_attn_fwd_hopper_ws_kernel
     return compile_for_sm90(kernel, blocks, forward_args(), constants, dim, dtype, maxnreg=ws_maxnreg())

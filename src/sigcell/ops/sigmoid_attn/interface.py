@@ -260,6 +260,9 @@ _HOPPER_WS_CONFIGS = {64: (128, 64, 3), 128: (64, 64, 3), 256: (64, 32, 4)}
 # against hopper.py: D128 0.95x at L1k, 1.06-1.09x at L4k-16k; D256 1.01-1.10x; D64 0.92-0.97x the
 # Triton kernel (stays there).
 _HOPPER_WS_MIN_SPAN = {128: 2048, 256: 0}
+# Opt-in ping-pong inside the warp-specialized forward (the consumers alternate at issuing matmuls;
+# SIGCELL_HOPPER_WS_PINGPONG_DIMS, default none: not yet run on a GPU; benchmarks/NOTES.md, v20).
+_HOPPER_WS_PINGPONG_DEFAULT_DIMS = ""
 # Opt-in warp-specialized backward (hopper_ws_bwd.py; SIGCELL_HOPPER_WS_BWD_DIMS, default none: not yet run
 # on a GPU). Its dQ kernel: head dim -> (query rows per consumer, BLOCK_N, stages); spill-free (ptxas).
 _HOPPER_WS_DQ_CONFIGS = {64: (64, 64, 2), 128: (64, 64, 2), 256: (64, 32, 2)}
@@ -397,7 +400,10 @@ def _hopper_forward(
 
         kernel, warps = hopper_ws.sigmoid_attn_fwd_hopper_ws_kernel, hopper_ws.CONSUMER_WARPS.value
         block_m, block_n, stages = _config_override.get("hopper_ws") or _HOPPER_WS_CONFIGS[dim]
-        program_rows, options = 2 * block_m, {"maxnreg": hopper_ws.ws_maxnreg()}
+        pingpong = dim in _env_dims(
+            "SIGCELL_HOPPER_WS_PINGPONG_DIMS", _HOPPER_WS_PINGPONG_DEFAULT_DIMS, _HOPPER_WS_CONFIGS
+        )
+        program_rows, options = 2 * block_m, {"maxnreg": hopper_ws.ws_maxnreg(), "PINGPONG": pingpong}
     else:
         from sigcell.ops.sigmoid_attn.hopper import sigmoid_attn_fwd_hopper_kernel as kernel
 

@@ -1,0 +1,176 @@
+"""A model of the warp-specialized forward's barrier protocol (hopper_ws.py), run on the CPU.
+
+The kernel's three partitions (a producer and two consumers) are replayed as Python generators over
+mbarriers with phase counting, under random interleavings, for random program shapes: the ring
+(``ready`` / ``empty``), the Q barrier and, with ping-pong, the ``turn`` barriers. The model checks what
+a GPU run can only show by hanging or by a wrong number: every interleaving finishes (no deadlock), no
+wait is ever two phases behind its barrier (the parity a wait uses would then name the wrong phase), a
+consumer only reads a stage that holds the block it expects, and with ping-pong the consumers' matmul
+issues alternate turn by turn. Loop bounds mirror ``_consumer`` / ``_loader`` / ``_key_blocks``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+
+class Barrier:
+    """An mbarrier: ``count`` arrivals complete a phase; ``phases`` counts completed phases."""
+
+    def __init__(self, count: int) -> None:
+        self.count, self.pending, self.phases = count, 0, 0
+
+    def arrive(self) -> None:
+        self.pending += 1
+        if self.pending == self.count:
+            self.pending, self.phases = 0, self.phases + 1
+
+    def done(self, phase: int) -> bool:
+        """Whether ``phase`` (0-based; -1: the phase before the first) has completed. A parity wait
+        is only sound while the barrier is at most one phase past the one awaited."""
+        assert self.phases <= phase + 1, f"barrier lapped: {self.phases} phases done, awaiting {phase}"
+        return self.phases >= phase + 1
+
+
+def key_blocks(m0, len_q, len_k, bm, bn, causal):
+    """hopper._key_blocks: (key blocks, unmasked key blocks) of the query block at ``m0``."""
+    shift = len_k - len_q
+    hi, full = len_k, len_k
+    if causal:
+        hi, full = min(hi, m0 + bm + shift), min(full, m0 + shift + 1)
+    hi = max(hi, 0) if m0 < len_q else 0
+    n_blocks = -(-hi // bn)
+    return n_blocks, min(max(full, 0) // bn, n_blocks)
+
+
+class Program:
+    """One program of the warp-specialized forward: query rows ``m0 + [0, 2 bm)``."""
+
+    def __init__(self, m0, len_q, len_k, bm, bn, stages, causal, pingpong):
+        self.bm, self.stages, self.pingpong = bm, stages, pingpong
+        self.blocks = [key_blocks(m0 + wg * bm, len_q, len_k, bm, bn, causal)[0] for wg in (0, 1)]
+        self.n_total = max(self.blocks)
+        self.q_bar = Barrier(1)
+        self.ready = [Barrier(1) for _ in range(stages)]
+        self.empty = [Barrier(2) for _ in range(stages)]
+        self.turn = [Barrier(1), Barrier(1)]
+        self.stage_holds = [None] * stages
+        self.issues: list[tuple[int, int]] = []
+        self.reads = {0: [], 1: []}
+
+    # The partitions yield (barrier, phase) to wait for that phase of that barrier.
+    def loader(self):
+        if self.n_total > 0:
+            self.q_bar.arrive()
+            for j in range(self.n_total):
+                yield self.empty[j % self.stages], j // self.stages - 1
+                self.stage_holds[j % self.stages] = j
+                self.ready[j % self.stages].arrive()
+
+    def _read(self, wg, j):
+        assert self.stage_holds[j % self.stages] == j, f"consumer {wg} read a stage without block {j}"
+        self.reads[wg].append(j)
+
+    def _await_turn(self, wg, t):
+        # consumer 0's turn t follows consumer 1's turn t - 1; consumer 1's follows consumer 0's turn t
+        yield self.turn[wg], t - 1 + wg
+        self.issues.append((wg, t))
+
+    def consumer(self, wg):
+        n_blocks, pp, stages = self.blocks[wg], self.pingpong, self.stages
+        if n_blocks > 0:
+            yield self.q_bar, 0
+            yield self.ready[0], 0
+            if pp:
+                yield from self._await_turn(wg, 0)
+            self._read(wg, 0)  # S_0
+            if pp:
+                self.turn[1 - wg].arrive()
+            for j in range(1, n_blocks):
+                yield self.ready[j % stages], j // stages
+                if pp:
+                    yield from self._await_turn(wg, j)
+                self._read(wg, j)  # S_j
+                self._read(wg, j - 1)  # P_{j-1} V_{j-1}
+                if pp:
+                    self.turn[1 - wg].arrive()
+                self.empty[(j - 1) % stages].arrive()  # after both matmuls retired
+            if pp:
+                yield from self._await_turn(wg, n_blocks)
+            self._read(wg, n_blocks - 1)
+            if pp:
+                self.turn[1 - wg].arrive()
+            self.empty[(n_blocks - 1) % stages].arrive()
+        if pp:
+            for t in range(n_blocks + (n_blocks > 0), self.n_total + 1):
+                yield from self._await_turn(wg, t)
+                self.turn[1 - wg].arrive()
+                if t > n_blocks:
+                    yield self.ready[(t - 1) % stages], (t - 1) // stages
+                    self.empty[(t - 1) % stages].arrive()
+        else:
+            for j in range(n_blocks, self.n_total):
+                yield self.ready[j % stages], j // stages
+                self.empty[j % stages].arrive()
+
+    def run(self, rng: random.Random) -> None:
+        """Interleave the three partitions at random until all finish; fail on a deadlock."""
+        waiting = {
+            name: [gen, None]
+            for name, gen in (("loader", self.loader()), ("c0", self.consumer(0)), ("c1", self.consumer(1)))
+        }
+        while waiting:
+            runnable = [name for name, (_, wait) in waiting.items() if wait is None or wait[0].done(wait[1])]
+            blocked = {n: w[1] for n, w in waiting.items()}
+            assert runnable, f"deadlock: partitions wait for phases {blocked}"
+            name = rng.choice(runnable)
+            try:
+                waiting[name][1] = next(waiting[name][0])
+            except StopIteration:
+                del waiting[name]
+
+
+def _random_programs(rng: random.Random, n: int):
+    for _ in range(n):
+        bm, bn, stages = rng.choice([64, 128]), rng.choice([32, 64, 128]), rng.choice([2, 3, 4])
+        len_q = rng.choice([0, 1, *[rng.randrange(1, 1200)] * 8])
+        len_k = len_q if rng.random() < 0.7 else rng.randrange(0, 1200)
+        m0 = 2 * bm * rng.randrange(0, max(1, -(-len_q // (2 * bm))) + 1)
+        yield m0, len_q, len_k, bm, bn, stages, rng.random() < 0.5
+
+
+@pytest.mark.parametrize("pingpong", [False, True])
+def test_ws_forward_protocol_finishes_and_reads_the_right_stages(pingpong):
+    rng = random.Random(1234 + pingpong)
+    for m0, len_q, len_k, bm, bn, stages, causal in _random_programs(rng, 600):
+        prog = Program(m0, len_q, len_k, bm, bn, stages, causal, pingpong)
+        prog.run(rng)
+        for wg in (0, 1):  # S_j of every own block, and P V of every block after S
+            n = prog.blocks[wg]
+            assert sorted(prog.reads[wg]) == sorted([*range(n), *range(n)])
+        if pingpong:
+            turns = prog.n_total + 1
+            assert prog.issues == [(wg, t) for t in range(turns) for wg in (0, 1)]
+
+
+def test_the_model_catches_a_deadlocking_release_order():
+    """Control: an idle consumer that releases the other's stages before passing its turns deadlocks
+    whenever it idles for more stages than the ring holds."""
+
+    class ReleaseFirst(Program):
+        def consumer(self, wg):
+            if self.blocks[wg] > 0:
+                yield from super().consumer(wg)
+                return
+            for j in range(self.n_total):
+                yield self.ready[j % self.stages], j // self.stages
+                self.empty[j % self.stages].arrive()
+            for t in range(self.n_total + 1):
+                yield from self._await_turn(wg, t)
+                self.turn[1 - wg].arrive()
+
+    prog = ReleaseFirst(0, 64, 640, 64, 64, 2, False, True)  # the second consumer's rows are padding
+    with pytest.raises(AssertionError, match="deadlock"):
+        prog.run(random.Random(0))
