@@ -45,7 +45,27 @@ def key_blocks(m0, len_q, len_k, bm, bn, causal):
     return n_blocks, min(max(full, 0) // bn, n_blocks)
 
 
-class Program:
+class Partitions:
+    """A producer (``loader``) and two consumers (``consumer(0)``, ``consumer(1)``) of one program."""
+
+    def run(self, rng: random.Random) -> None:
+        """Interleave the three partitions at random until all finish; fail on a deadlock."""
+        waiting = {
+            name: [gen, None]
+            for name, gen in (("loader", self.loader()), ("c0", self.consumer(0)), ("c1", self.consumer(1)))
+        }
+        while waiting:
+            runnable = [name for name, (_, wait) in waiting.items() if wait is None or wait[0].done(wait[1])]
+            blocked = {n: w[1] for n, w in waiting.items()}
+            assert runnable, f"deadlock: partitions wait for phases {blocked}"
+            name = rng.choice(runnable)
+            try:
+                waiting[name][1] = next(waiting[name][0])
+            except StopIteration:
+                del waiting[name]
+
+
+class Program(Partitions):
     """One program of the warp-specialized forward: query rows ``m0 + [0, 2 bm)``."""
 
     def __init__(self, m0, len_q, len_k, bm, bn, stages, causal, pingpong):
@@ -115,22 +135,6 @@ class Program:
                 yield self.ready[j % stages], j // stages
                 self.empty[j % stages].arrive()
 
-    def run(self, rng: random.Random) -> None:
-        """Interleave the three partitions at random until all finish; fail on a deadlock."""
-        waiting = {
-            name: [gen, None]
-            for name, gen in (("loader", self.loader()), ("c0", self.consumer(0)), ("c1", self.consumer(1)))
-        }
-        while waiting:
-            runnable = [name for name, (_, wait) in waiting.items() if wait is None or wait[0].done(wait[1])]
-            blocked = {n: w[1] for n, w in waiting.items()}
-            assert runnable, f"deadlock: partitions wait for phases {blocked}"
-            name = rng.choice(runnable)
-            try:
-                waiting[name][1] = next(waiting[name][0])
-            except StopIteration:
-                del waiting[name]
-
 
 def _random_programs(rng: random.Random, n: int):
     for _ in range(n):
@@ -174,3 +178,92 @@ def test_the_model_catches_a_deadlocking_release_order():
     prog = ReleaseFirst(0, 64, 640, 64, 64, 2, False, True)  # the second consumer's rows are padding
     with pytest.raises(AssertionError, match="deadlock"):
         prog.run(random.Random(0))
+
+
+# The warp-specialized dQ kernel (hopper_ws_bwd.py) runs the forward's ring protocol without ping-pong
+# (a consumer reads stage j for S_j and dP_j, stage j - 1 for dQ += dS_{j-1} K_{j-1}): the model above
+# covers it. Its dK / dV kernel streams query blocks past resident keys instead:
+
+
+class DkdvProgram(Partitions):
+    """One program of the warp-specialized dK / dV kernel: keys ``n0 + [0, 2 bn)``, the stream of query
+    blocks the first consumer's keys see, for each of ``group`` heads in turn."""
+
+    def __init__(self, n0, len_q, len_k, bm, bn, stages, group, causal):
+        self.bm, self.bn, self.stages, self.group, self.causal = bm, bn, stages, group, causal
+        self.n0, self.len_q, self.len_k, self.shift = n0, len_q, len_k, len_k - len_q
+        q_end = len_q if n0 < len_k else 0
+        lo = max(n0 - self.shift, 0) // bm * bm if causal else 0
+        self.first, self.n_stream = lo // bm, max(-(-q_end // bm) - lo // bm, 0)
+        self.kv_bar = Barrier(1)
+        self.ready = [Barrier(1) for _ in range(stages)]
+        self.empty = [Barrier(2) for _ in range(stages)]
+        self.stage_holds = [None] * stages
+        self.visits = {0: [], 1: []}
+        self.computed = {0: [], 1: []}
+
+    def loader(self):
+        if self.n_stream > 0:
+            self.kv_bar.arrive()
+            for it in range(self.n_stream * self.group):
+                yield self.empty[it % self.stages], it // self.stages - 1
+                self.stage_holds[it % self.stages] = it
+                self.ready[it % self.stages].arrive()
+
+    def split_kernel_blocks(self, wg):
+        """Query blocks hopper_bwd's dK / dV kernel visits for this consumer's keys."""
+        mine = self.n0 + wg * self.bn
+        q_end = self.len_q if mine < self.len_k else 0
+        lo = max(mine - self.shift, 0) // self.bm if self.causal else 0
+        return list(range(lo, -(-q_end // self.bm)))
+
+    def consumer(self, wg):
+        bm, stages = self.bm, self.stages
+        mine = self.n0 + wg * self.bn
+        q_end = self.len_q if mine < self.len_k else 0
+        rows_end = q_end // bm * bm
+        lo = diag_end = 0
+        if self.causal:
+            lo = max(mine - self.shift, 0) // bm * bm
+            diag_end = max(mine + self.bn - 1 - self.shift + bm - 1, 0) // bm * bm
+        diag_end = min(diag_end, rows_end)
+        mine_first = lo // bm
+        n_mine = max(-(-q_end // bm) - mine_first, 0)
+        skip_to = mine_first if n_mine > 0 else self.first + self.n_stream
+        if self.n_stream > 0:
+            yield self.kv_bar, 0
+        for g in range(self.group):
+            it0 = g * self.n_stream - self.first
+            own = [
+                *range(mine_first, diag_end // bm if n_mine > 0 else mine_first),
+                *range(max(diag_end // bm, mine_first), rows_end // bm if n_mine > 0 else 0),
+                *range(max(rows_end // bm, mine_first), mine_first + n_mine),
+            ]
+            for blk in [*range(self.first, skip_to), *own]:
+                it = it0 + blk
+                yield self.ready[it % stages], it // stages
+                assert self.stage_holds[it % stages] == it, f"consumer {wg} read a stage without {it}"
+                self.visits[wg].append(it)
+                if blk >= skip_to:
+                    self.computed[wg].append((g, blk))
+                self.empty[it % stages].arrive()  # after the block's matmuls retired
+
+
+def _random_dkdv_programs(rng: random.Random, n: int):
+    for _ in range(n):
+        bm, bn, stages = rng.choice([32, 64, 128]), rng.choice([32, 64]), rng.choice([2, 3, 4])
+        len_k = rng.choice([0, 1, *[rng.randrange(1, 1200)] * 8])
+        len_q = len_k if rng.random() < 0.7 else rng.randrange(0, 1200)
+        n0 = 2 * bn * rng.randrange(0, max(1, -(-len_k // (2 * bn))) + 1)
+        yield n0, len_q, len_k, bm, bn, stages, rng.choice([1, 2, 3]), rng.random() < 0.5
+
+
+def test_ws_dkdv_protocol_visits_the_stream_in_order_and_computes_the_split_kernels_blocks():
+    rng = random.Random(4321)
+    for args in _random_dkdv_programs(rng, 600):
+        prog = DkdvProgram(*args)
+        prog.run(rng)
+        for wg in (0, 1):
+            assert prog.visits[wg] == list(range(prog.n_stream * prog.group)), args
+            expected = [(g, blk) for g in range(prog.group) for blk in prog.split_kernel_blocks(wg)]
+            assert prog.computed[wg] == expected, args
