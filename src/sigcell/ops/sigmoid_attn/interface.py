@@ -1239,7 +1239,8 @@ def _recall(t: torch.Tensor, what: tuple) -> object | None:
 
 def _remember(t: torch.Tensor, what: tuple, value: object) -> None:
     key = (id(t), *what)
-    ref = weakref.ref(t, lambda _, key=key: _per_tensor.pop(key, None))
+    # The table is bound as a default: at interpreter exit the module's globals may already be None.
+    ref = weakref.ref(t, lambda _, key=key, table=_per_tensor: table.pop(key, None))
     _per_tensor[key] = (ref, (t._version, t.data_ptr()), value)
 
 
