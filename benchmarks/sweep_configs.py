@@ -75,9 +75,19 @@ CANDIDATES = {
         (128, 64, 8, 2),
     ],
     "hopper_fused": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (64, 128, 8, 3)],
-    # Warp-specialized forward (hopper_ws.py): (rows per consumer, BLOCK_N, stages); ptxas: D128 with
-    # 128 rows per consumer spills 196 bytes.
-    "hopper_ws": [(128, 64, 2), (128, 64, 3), (128, 64, 4), (64, 64, 2), (64, 64, 3)],
+    # Warp-specialized forward (hopper_ws.py): (rows per consumer, BLOCK_N, stages[, V stages: split K / V
+    # rings, v21]); ptxas: D128 with 128 rows per consumer spills 196 bytes; the split-ring configs are
+    # spill-free (D128 64 x 128 / 3 + 2: 197 KB of shared memory).
+    "hopper_ws": [
+        (128, 64, 2),
+        (128, 64, 3),
+        (128, 64, 4),
+        (64, 64, 2),
+        (64, 64, 3),
+        (128, 64, 3, 2),
+        (64, 64, 4, 3),
+        (64, 128, 3, 2),
+    ],
     # Warp-specialized backward (timed whole, one kernel's config swept); ptxas: 128-row dQ consumers
     # spill 2.3 KB at D64; dK / dV (query rows per block, keys per consumer, stages) 64 x 64 spills 108
     # bytes at D128.
@@ -106,7 +116,8 @@ CANDIDATES_D256 = {
     "hopper_dkdv": [(32, 64, 4, 2), (32, 64, 4, 3), (64, 64, 4, 2), (32, 128, 8, 2)],
     "hopper_dq": [(64, 32, 4, 2), (64, 32, 4, 3), (64, 32, 4, 4), (128, 32, 8, 2)],
     # ptxas (sm_90a, no GPU): 197-247 registers, no spills; 64 x 128 / 4 spills 1.1 KB.
-    "hopper_ws": [(64, 32, 3), (64, 64, 2), (64, 32, 4)],
+    # Split K / V rings (v21; the output staged in the Q tile): 64 x 64 / 3 + 2 uses 224 KB.
+    "hopper_ws": [(64, 32, 3), (64, 64, 2), (64, 32, 4), (64, 64, 3, 2), (64, 32, 4, 3), (64, 32, 5, 3)],
     "hopper_ws_dq": [(64, 32, 2), (64, 64, 1)],
     "hopper_ws_dkdv": [(32, 64, 2), (32, 32, 3)],
     "hopper_fwd": [

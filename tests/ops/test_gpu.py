@@ -128,17 +128,28 @@ def test_hopper_forward_edges(layout, causal, key_bias, monkeypatch):
 WS_GRID = list(itertools.product(["bf16", "fp16"], [False, True], ["padded", "varlen"], [64, 128, 256]))
 
 
-@pytest.mark.parametrize("pingpong", [False, True])
-@pytest.mark.parametrize(("dtype", "causal", "layout", "dim"), WS_GRID)
-def test_hopper_ws_forward_matches_reference(dtype, causal, layout, dim, pingpong, monkeypatch):
-    """The warp-specialized forward (hopper_ws.py, SIGCELL_HOPPER_WS_DIMS), with and without ping-pong
-    (SIGCELL_HOPPER_WS_PINGPONG_DIMS)."""
-    calls = _hopper_calls(monkeypatch)
+def _ws_variant(variant: str, dim: int, monkeypatch) -> None:
+    """Route the forward to the warp-specialized kernel; ``variant`` names its options: "pingpong" and
+    "split" (separate K / V rings, a config of interface._HOPPER_WS_SPLIT_CONFIGS)."""
     monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "64,128,256")
-    monkeypatch.setenv("SIGCELL_HOPPER_WS_PINGPONG_DIMS", "64,128,256" if pingpong else "")
+    monkeypatch.setenv("SIGCELL_HOPPER_WS_PINGPONG_DIMS", "64,128,256" if "pingpong" in variant else "")
+    if "split" in variant:
+        monkeypatch.setitem(interface._config_override, "hopper_ws", interface._HOPPER_WS_SPLIT_CONFIGS[dim])
+
+
+WS_VARIANTS = ["one-ring", "pingpong", "split", "split-pingpong"]
+
+
+@pytest.mark.parametrize("variant", WS_VARIANTS)
+@pytest.mark.parametrize(("dtype", "causal", "layout", "dim"), WS_GRID)
+def test_hopper_ws_forward_matches_reference(dtype, causal, layout, dim, variant, monkeypatch):
+    """The warp-specialized forward (hopper_ws.py, SIGCELL_HOPPER_WS_DIMS): one K / V ring or split
+    rings, with and without ping-pong (SIGCELL_HOPPER_WS_PINGPONG_DIMS)."""
+    calls = _hopper_calls(monkeypatch)
+    _ws_variant(variant, dim, monkeypatch)
     index = WS_GRID.index((dtype, causal, layout, dim))
     case = make_case(
-        8700 + index + 50 * pingpong, layout=layout, batch=3, lq=700 if causal else 731,
+        8700 + index + 25 * WS_VARIANTS.index(variant), layout=layout, batch=3, lq=700 if causal else 731,
         lk=731 if causal else 677, heads=4, kv_heads=2, dim=dim, causal=causal, key_bias=bool(index % 2),
         bias_mode=("none", "float", "tensor")[index % 3], device="cuda",
     )
@@ -164,14 +175,12 @@ def test_hopper_ws_backward_matches_reference(dtype, causal, layout, dim, monkey
 @pytest.mark.parametrize("dim", [64, 128, 256])
 @pytest.mark.parametrize("layout", ["padded", "varlen"])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("kernels", ["fwd", "fwd-pingpong", "fwd,bwd"])
+@pytest.mark.parametrize("kernels", ["fwd", "fwd-pingpong", "fwd-split", "fwd-split-pingpong", "fwd,bwd"])
 def test_hopper_ws_edges(dim, layout, causal, kernels, monkeypatch):
     """Lengths 0 and 1, one row or key past a program, a program and a half: the warp-specialized
-    forward (with ping-pong), and with it the warp-specialized backward."""
+    forward (split rings, ping-pong), and with it the warp-specialized backward."""
     _hopper_calls(monkeypatch)
-    monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "64,128,256")
-    if "pingpong" in kernels:
-        monkeypatch.setenv("SIGCELL_HOPPER_WS_PINGPONG_DIMS", "64,128,256")
+    _ws_variant(kernels, dim, monkeypatch)
     if "bwd" in kernels:
         monkeypatch.setenv("SIGCELL_HOPPER_WS_BWD_DIMS", "64,128,256")
     case = make_case(
@@ -211,17 +220,17 @@ def test_hopper_fused_backward_matches_reference(dtype, causal, layout, dim, mon
 
 @pytest.mark.parametrize(
     ("kernels", "dim"),
-    [("dkdv,dq", 128), ("fused", 128), ("dkdv,dq", 256), ("ws", 128), ("ws", 256), ("ws-pingpong", 64)],
+    [("dkdv,dq", 128), ("fused", 128), ("dkdv,dq", 256), ("ws", 128), ("ws", 256), ("ws-pingpong", 64),
+     ("ws-split", 256)],
 )
 @pytest.mark.parametrize("causal", [False, True])
 def test_hopper_kernels_ignore_nan_padding(causal, kernels, dim, monkeypatch):
     """NaN in the padding rows of q / k / v / dout changes nothing, forward or backward (the kernels read
     padding past each sequence through TMA, mask its scores and zero those operand rows)."""
     calls = _hopper_calls(monkeypatch)
-    if kernels.startswith("ws"):  # the warp-specialized forward and backward
-        monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", str(dim))
+    if kernels.startswith("ws"):  # the warp-specialized forward (its variants) and backward
+        _ws_variant(kernels, dim, monkeypatch)
         monkeypatch.setenv("SIGCELL_HOPPER_WS_BWD_DIMS", str(dim))
-        monkeypatch.setenv("SIGCELL_HOPPER_WS_PINGPONG_DIMS", str(dim) if "pingpong" in kernels else "")
     else:
         monkeypatch.setenv("SIGCELL_HOPPER_BWD_KERNELS", kernels)
     gen = torch.Generator(device="cuda").manual_seed(8200 + causal)

@@ -67,7 +67,7 @@ def test_backward_compiles_for_sm90_with_overlapped_wgmma(kind, dim, dtype, caus
 @pytest.mark.parametrize(
     ("dim", "causal", "key_bias"), [(64, True, False), (128, False, True), (256, True, True)]
 )
-@pytest.mark.parametrize("kind", ["fwd", "fwd_pingpong", "dq", "dkdv"])
+@pytest.mark.parametrize("kind", ["fwd", "fwd_pingpong", "fwd_split", "dq", "dkdv"])
 def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
     """The warp-specialized forward and dQ kernels: register reallocation between partitions, each
     consumer's loops keep a matmul in flight while it computes (forward: P V during the sigmoid; dQ: dP
@@ -81,6 +81,7 @@ def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
     configs = {
         "fwd": interface._HOPPER_WS_CONFIGS,
         "fwd_pingpong": interface._HOPPER_WS_CONFIGS,
+        "fwd_split": interface._HOPPER_WS_SPLIT_CONFIGS,
         "dq": interface._HOPPER_WS_DQ_CONFIGS,
         "dkdv": interface._HOPPER_WS_DKDV_CONFIGS,
     }[kind]
@@ -101,6 +102,7 @@ def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
     expected = {
         "fwd": {1: 4},
         "fwd_pingpong": {1: 4},
+        "fwd_split": {1: 4},
         "dq": {2: 4, 1: 6},
         "dkdv": {1: 4 * loops, 0: 2 * loops},
         "dk": {1: 2 * loops, 0: 4 * loops},
@@ -203,7 +205,7 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
                 inspect.signature(self.kernel.fn).bind(*args, **kwargs)  # missing / unknown argument
                 parts = (kwargs.get("WITH_DK"), kwargs.get("WITH_DV"))
                 launches.append((self.kernel.fn.__name__, grid, parts))
-                pingpong.append(kwargs.get("PINGPONG"))
+                pingpong.append((kwargs.get("PINGPONG"), kwargs.get("V_STAGES")))
 
             return launch
 
@@ -249,8 +251,11 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
     monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "128")
     monkeypatch.setenv("SIGCELL_HOPPER_WS_PINGPONG_DIMS", "64,128")
     interface._hopper_forward(q, k, k, *common)
-    assert launches.pop()[0] == "sigmoid_attn_fwd_hopper_ws_kernel"
-    assert [pingpong[i] for i in (0, 4, -1)] == [None, False, True]  # ping-pong: opt-in, per head dim
+    monkeypatch.setitem(interface._config_override, "hopper_ws", interface._HOPPER_WS_SPLIT_CONFIGS[128])
+    interface._hopper_forward(q, k, k, *common)
+    assert [launches.pop()[0] for _ in range(2)] == ["sigmoid_attn_fwd_hopper_ws_kernel"] * 2
+    # ping-pong: opt-in, per head dim; split K / V rings: a config's fourth entry (0: one ring)
+    assert [pingpong[i] for i in (0, 4, -2, -1)] == [(None, None), (False, 0), (True, 0), (True, 2)]
     assert [name for name, _, _ in launches] == [
         "sigmoid_attn_fwd_hopper_kernel",
         "sigmoid_attn_bwd_dkdv_hopper_kernel",

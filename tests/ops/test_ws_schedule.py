@@ -65,18 +65,40 @@ class Partitions:
                 del waiting[name]
 
 
-class Program(Partitions):
-    """One program of the warp-specialized forward: query rows ``m0 + [0, 2 bm)``."""
+class Ring:
+    """Shared-memory stages of one operand stream with their ``ready`` / ``empty`` barriers."""
 
-    def __init__(self, m0, len_q, len_k, bm, bn, stages, causal, pingpong):
-        self.bm, self.stages, self.pingpong = bm, stages, pingpong
+    def __init__(self, stages: int) -> None:
+        self.stages = stages
+        self.ready = [Barrier(1) for _ in range(stages)]
+        self.empty = [Barrier(2) for _ in range(stages)]  # one arrival per consumer
+        self.holds: list[int | None] = [None] * stages
+
+    def fill(self, j):
+        """The producer: wait until both consumers freed block j's stage, load block j."""
+        yield self.empty[j % self.stages], j // self.stages - 1
+        self.holds[j % self.stages] = j
+        self.ready[j % self.stages].arrive()
+
+    def wait(self, j):
+        return self.ready[j % self.stages], j // self.stages
+
+    def free(self, j) -> None:
+        self.empty[j % self.stages].arrive()
+
+
+class Program(Partitions):
+    """One program of the warp-specialized forward: query rows ``m0 + [0, 2 bm)``; one ring of K / V
+    pairs, or (``v_stages`` > 0) a K ring of ``stages`` and a V ring of ``v_stages``."""
+
+    def __init__(self, m0, len_q, len_k, bm, bn, stages, causal, pingpong, v_stages=0):
+        self.pingpong, self.split = pingpong, v_stages > 0
         self.blocks = [key_blocks(m0 + wg * bm, len_q, len_k, bm, bn, causal)[0] for wg in (0, 1)]
         self.n_total = max(self.blocks)
         self.q_bar = Barrier(1)
-        self.ready = [Barrier(1) for _ in range(stages)]
-        self.empty = [Barrier(2) for _ in range(stages)]
+        self.k = Ring(stages)
+        self.v = Ring(v_stages) if self.split else self.k
         self.turn = [Barrier(1), Barrier(1)]
-        self.stage_holds = [None] * stages
         self.issues: list[tuple[int, int]] = []
         self.reads = {0: [], 1: []}
 
@@ -84,56 +106,74 @@ class Program(Partitions):
     def loader(self):
         if self.n_total > 0:
             self.q_bar.arrive()
-            for j in range(self.n_total):
-                yield self.empty[j % self.stages], j // self.stages - 1
-                self.stage_holds[j % self.stages] = j
-                self.ready[j % self.stages].arrive()
+            if not self.split:  # stage j holds K_j and V_j
+                for j in range(self.n_total):
+                    yield from self.k.fill(j)
+                return
+            for j in range(self.n_total + 1):  # K one block ahead of V
+                if j < self.n_total:
+                    yield from self.k.fill(j)
+                if j > 0:
+                    yield from self.v.fill(j - 1)
 
-    def _read(self, wg, j):
-        assert self.stage_holds[j % self.stages] == j, f"consumer {wg} read a stage without block {j}"
-        self.reads[wg].append(j)
+    def _read(self, wg, ring, name, j):
+        assert ring.holds[j % ring.stages] == j, f"consumer {wg} read a stage without {name}_{j}"
+        self.reads[wg].append((name, j))
 
     def _await_turn(self, wg, t):
         # consumer 0's turn t follows consumer 1's turn t - 1; consumer 1's follows consumer 0's turn t
         yield self.turn[wg], t - 1 + wg
         self.issues.append((wg, t))
 
+    def _release(self, j):
+        yield self.k.wait(j)
+        self.k.free(j)
+        if self.split:
+            yield self.v.wait(j)
+            self.v.free(j)
+
     def consumer(self, wg):
-        n_blocks, pp, stages = self.blocks[wg], self.pingpong, self.stages
+        n_blocks, pp, split, k, v = self.blocks[wg], self.pingpong, self.split, self.k, self.v
         if n_blocks > 0:
             yield self.q_bar, 0
-            yield self.ready[0], 0
+            yield k.wait(0)
             if pp:
                 yield from self._await_turn(wg, 0)
-            self._read(wg, 0)  # S_0
+            self._read(wg, k, "K", 0)  # S_0
             if pp:
                 self.turn[1 - wg].arrive()
+            if split:
+                k.free(0)  # once S_0 retired
             for j in range(1, n_blocks):
-                yield self.ready[j % stages], j // stages
+                yield k.wait(j)
+                if split:
+                    yield v.wait(j - 1)
                 if pp:
                     yield from self._await_turn(wg, j)
-                self._read(wg, j)  # S_j
-                self._read(wg, j - 1)  # P_{j-1} V_{j-1}
+                self._read(wg, k, "K", j)  # S_j
+                self._read(wg, v, "V", j - 1)  # P_{j-1} V_{j-1}
                 if pp:
                     self.turn[1 - wg].arrive()
-                self.empty[(j - 1) % stages].arrive()  # after both matmuls retired
+                if split:
+                    k.free(j)
+                v.free(j - 1)  # after both matmuls retired (one ring: frees K_{j-1} and V_{j-1})
+            if split:
+                yield v.wait(n_blocks - 1)
             if pp:
                 yield from self._await_turn(wg, n_blocks)
-            self._read(wg, n_blocks - 1)
+            self._read(wg, v, "V", n_blocks - 1)
             if pp:
                 self.turn[1 - wg].arrive()
-            self.empty[(n_blocks - 1) % stages].arrive()
+            v.free(n_blocks - 1)
         if pp:
             for t in range(n_blocks + (n_blocks > 0), self.n_total + 1):
                 yield from self._await_turn(wg, t)
                 self.turn[1 - wg].arrive()
                 if t > n_blocks:
-                    yield self.ready[(t - 1) % stages], (t - 1) // stages
-                    self.empty[(t - 1) % stages].arrive()
+                    yield from self._release(t - 1)
         else:
             for j in range(n_blocks, self.n_total):
-                yield self.ready[j % stages], j // stages
-                self.empty[j % stages].arrive()
+                yield from self._release(j)
 
 
 def _random_programs(rng: random.Random, n: int):
@@ -145,15 +185,19 @@ def _random_programs(rng: random.Random, n: int):
         yield m0, len_q, len_k, bm, bn, stages, rng.random() < 0.5
 
 
+@pytest.mark.parametrize("v_stages", [0, 1, 2, 3])
 @pytest.mark.parametrize("pingpong", [False, True])
-def test_ws_forward_protocol_finishes_and_reads_the_right_stages(pingpong):
-    rng = random.Random(1234 + pingpong)
-    for m0, len_q, len_k, bm, bn, stages, causal in _random_programs(rng, 600):
-        prog = Program(m0, len_q, len_k, bm, bn, stages, causal, pingpong)
+def test_ws_forward_protocol_finishes_and_reads_the_right_stages(pingpong, v_stages):
+    """One K / V ring (v_stages 0) or split rings, with and without ping-pong."""
+    rng = random.Random(1234 + pingpong + 10 * v_stages)
+    for m0, len_q, len_k, bm, bn, stages, causal in _random_programs(rng, 400):
+        prog = Program(m0, len_q, len_k, bm, bn, stages, causal, pingpong, v_stages)
         prog.run(rng)
-        for wg in (0, 1):  # S_j of every own block, and P V of every block after S
+        for wg in (0, 1):  # S_j (K_j) of every own block, then P_j V_j
             n = prog.blocks[wg]
-            assert sorted(prog.reads[wg]) == sorted([*range(n), *range(n)])
+            assert sorted(prog.reads[wg]) == sorted(
+                [*(("K", j) for j in range(n)), *(("V", j) for j in range(n))]
+            )
         if pingpong:
             turns = prog.n_total + 1
             assert prog.issues == [(wg, t) for t in range(turns) for wg in (0, 1)]
@@ -169,8 +213,7 @@ def test_the_model_catches_a_deadlocking_release_order():
                 yield from super().consumer(wg)
                 return
             for j in range(self.n_total):
-                yield self.ready[j % self.stages], j // self.stages
-                self.empty[j % self.stages].arrive()
+                yield from self._release(j)
             for t in range(self.n_total + 1):
                 yield from self._await_turn(wg, t)
                 self.turn[1 - wg].arrive()

@@ -100,6 +100,41 @@ def _stream_kv(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, col_k, n_blo
 
 
 @gluon.jit
+def _load_stage(desc, smem, ready, empty, j, row, col):
+    """Load block ``j`` (rows ``row ..``) of one operand into its own ring once both consumers freed the
+    stage, announced by the stage's ``ready`` transaction count."""
+    STAGES: gl.constexpr = smem.shape[0]
+    stage = j % STAGES
+    mbarrier.wait(empty.index(stage), ((j // STAGES) & 1) ^ 1)  # the first pass finds stages free
+    mbarrier.expect(ready.index(stage), desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(desc, [row, col], ready.index(stage), smem.index(stage))
+
+
+@gluon.jit
+def _stream_k_ahead(
+    k_desc, v_desc, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, row_k, col_k, n_blocks
+):  # fmt: skip
+    """Split rings: key blocks 0 .. n_blocks - 1 into the K ring and the V ring, K one block ahead of V
+    (step j needs K_j for S_j but V only up to V_{j-1})."""
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    for j in range(n_blocks + 1):
+        if j < n_blocks:
+            _load_stage(k_desc, k_smem, k_ready, k_empty, j, row_k + j * BN, col_k)
+        if j > 0:
+            _load_stage(v_desc, v_smem, v_ready, v_empty, j - 1, row_k + (j - 1) * BN, col_k)
+
+
+@gluon.jit
+def _release_kv(
+    k_ready, k_empty, v_ready, v_empty, j, KS: gl.constexpr, VS: gl.constexpr, SPLIT_KV: gl.constexpr
+):
+    """Wait for key block j's stage(s) and free them unread (split rings: K and V separately)."""
+    _release(k_ready, k_empty, j, KS)
+    if SPLIT_KV:
+        _release(v_ready, v_empty, j, VS)
+
+
+@gluon.jit
 def _await_turn(turn, t, WG: gl.constexpr):
     """Ping-pong: consumer 0 issues its matmuls of turn ``t`` after consumer 1 issued those of turn
     ``t - 1`` (turn 0 is free), consumer 1 after consumer 0 issued those of turn ``t``. Strict
@@ -121,8 +156,10 @@ def _consumer_step(
     q_tile,
     k_smem,
     v_smem,
-    ready,
-    empty,
+    k_ready,
+    k_empty,
+    v_ready,
+    v_empty,
     turn,
     s_zero,
     o_m,
@@ -137,13 +174,18 @@ def _consumer_step(
     MASK: gl.constexpr,
     CAUSAL: gl.constexpr,
     PINGPONG: gl.constexpr,
+    SPLIT_KV: gl.constexpr,
 ):
     """hopper._step on the shared ring: the stage of block j - 1 is released instead of refilled; with
-    PINGPONG the two matmuls are issued in this consumer's turn j."""
-    STAGES: gl.constexpr = k_smem.shape[0]
-    stage = j % STAGES
-    prev = (j - 1) % STAGES
-    mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
+    PINGPONG the two matmuls are issued in this consumer's turn j. SPLIT_KV (separate K and V rings):
+    also waits for V_{j-1}'s stage, and frees K_j's stage as soon as S_j has retired."""
+    KS: gl.constexpr = k_smem.shape[0]
+    VS: gl.constexpr = v_smem.shape[0]
+    stage = j % KS
+    prev = (j - 1) % VS
+    mbarrier.wait(k_ready.index(stage), (j // KS) & 1)
+    if SPLIT_KV:
+        mbarrier.wait(v_ready.index(prev), ((j - 1) // VS) & 1)
     if PINGPONG:
         _await_turn(turn, j, WG)
     s_tok, acc_tok = _fwd_issue(p, acc, q_tile, k_smem, v_smem, stage, prev, s_zero)
@@ -153,15 +195,18 @@ def _consumer_step(
         j, s_tok, acc_tok, p, o_m, scale_half, bias_half, kb_base, stride_kbt, len_k, shift, HAS_KEY_BIAS,
         MASK, CAUSAL,
     )  # fmt: skip
-    mbarrier.arrive(empty.index(prev), count=1)
+    if SPLIT_KV:
+        mbarrier.arrive(k_empty.index(stage), count=1)
+    mbarrier.arrive(v_empty.index(prev), count=1)
     return p_next, acc
 
 
 @gluon.jit
 def _consumer(
-    WG: gl.constexpr, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, KEY_BIAS,
-    m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
-    bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr, PINGPONG: gl.constexpr,
+    WG: gl.constexpr, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready,
+    v_empty, turn, O, KEY_BIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base,
+    stride_kbt, scale_half, bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
+    PINGPONG: gl.constexpr, SPLIT_KV: gl.constexpr,
 ):  # fmt: skip
     """Consumer ``WG`` (0 or 1): query rows ``m0 + WG * BM + [0, BM)``, the forward of hopper.py on the
     shared K / V ring. Stages past its own key blocks (up to the program's ``n_total``) are waited for
@@ -170,11 +215,15 @@ def _consumer(
     With PINGPONG the consumers take turns at issuing matmuls (``turn`` barriers): turn t issues
     ``S_t`` and ``P_{t-1} V_{t-1}`` (turn 0: ``S_0`` alone; turn ``n_blocks``: the last ``P V``), so
     one consumer's sigmoid runs while the other's matmuls do. Both take ``n_total + 1`` turns; one
-    with fewer key blocks passes its remaining turns idle, releasing the other's extra stages."""
+    with fewer key blocks passes its remaining turns idle, releasing the other's extra stages.
+
+    With SPLIT_KV, K and V blocks sit in separate rings (``k_*`` and ``v_*`` barriers; otherwise the
+    ``v_*`` ones are the ``k_*`` ones): K_j's stage is freed once S_j retired, a step before V_j's."""
     BM: gl.constexpr = q_smem.shape[1]
     D: gl.constexpr = q_smem.shape[2]
     BN: gl.constexpr = k_smem.shape[1]
-    STAGES: gl.constexpr = k_smem.shape[0]
+    KS: gl.constexpr = k_smem.shape[0]
+    VS: gl.constexpr = v_smem.shape[0]
     dtype: gl.constexpr = k_smem.dtype
     num_warps: gl.constexpr = 4
     s_layout: gl.constexpr = _mma_layout(num_warps, BN)
@@ -188,7 +237,7 @@ def _consumer(
     if n_blocks > 0:
         s_zero = gl.zeros([BM, BN], gl.float32, s_layout)
         mbarrier.wait(q_bar, 0)
-        mbarrier.wait(ready.index(0), 0)
+        mbarrier.wait(k_ready.index(0), 0)
         if PINGPONG:
             _await_turn(turn, 0, WG)
         s_tok = warpgroup_mma(q_tile, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
@@ -199,26 +248,32 @@ def _consumer(
             s, o_m, gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout)), scale_half, bias_half, kb_base,
             stride_kbt, len_k, shift, HAS_KEY_BIAS, True, CAUSAL, dtype, p_layout,
         )  # fmt: skip
+        if SPLIT_KV:
+            mbarrier.arrive(k_empty.index(0), count=1)
         for j in range(1, n_full):
             p, acc = _consumer_step(
-                j, p, acc, q_tile, k_smem, v_smem, ready, empty, turn, s_zero, o_m, scale_half, bias_half,
-                kb_base, stride_kbt, len_k, shift, WG, HAS_KEY_BIAS, False, CAUSAL, PINGPONG,
+                j, p, acc, q_tile, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turn, s_zero, o_m,
+                scale_half, bias_half, kb_base, stride_kbt, len_k, shift, WG, HAS_KEY_BIAS, False, CAUSAL,
+                PINGPONG, SPLIT_KV,
             )  # fmt: skip
         for j in range(gl.maximum(n_full, 1), n_blocks):
             p, acc = _consumer_step(
-                j, p, acc, q_tile, k_smem, v_smem, ready, empty, turn, s_zero, o_m, scale_half, bias_half,
-                kb_base, stride_kbt, len_k, shift, WG, HAS_KEY_BIAS, True, CAUSAL, PINGPONG,
+                j, p, acc, q_tile, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turn, s_zero, o_m,
+                scale_half, bias_half, kb_base, stride_kbt, len_k, shift, WG, HAS_KEY_BIAS, True, CAUSAL,
+                PINGPONG, SPLIT_KV,
             )  # fmt: skip
         last = n_blocks - 1
+        if SPLIT_KV:
+            mbarrier.wait(v_ready.index(last % VS), (last // VS) & 1)
         if n_blocks * BN > len_k:  # only the last block can run past the sequence (hi <= len_k)
-            _zero_rows_past(v_smem.index(last % STAGES), last * BN, len_k, num_warps)
+            _zero_rows_past(v_smem.index(last % VS), last * BN, len_k, num_warps)
         if PINGPONG:
             _await_turn(turn, n_blocks, WG)
-        acc_tok = warpgroup_mma(p, v_smem.index(last % STAGES), acc, is_async=True)
+        acc_tok = warpgroup_mma(p, v_smem.index(last % VS), acc, is_async=True)
         if PINGPONG:
             _pass_turn(turn, WG)
         acc = warpgroup_mma_wait(0, deps=(acc_tok,))
-        mbarrier.arrive(empty.index(last % STAGES), count=1)
+        mbarrier.arrive(v_empty.index(last % VS), count=1)
     if PINGPONG:
         # Idle turns n_blocks + 1 .. n_total (all of them without key blocks); turn t releases the other
         # consumer's stage t - 1 once that consumer has issued from it.
@@ -226,27 +281,43 @@ def _consumer(
             _await_turn(turn, t, WG)
             _pass_turn(turn, WG)
             if t > n_blocks:
-                _release(ready, empty, t - 1, STAGES)
+                _release_kv(k_ready, k_empty, v_ready, v_empty, t - 1, KS, VS, SPLIT_KV)
     else:
         for j in range(n_blocks, n_total):  # the other consumer's extra blocks: release them unread
-            _release(ready, empty, j, STAGES)
+            _release_kv(k_ready, k_empty, v_ready, v_empty, j, KS, VS, SPLIT_KV)
+    out = acc.to(dtype)
+    if SPLIT_KV:
+        # Stage the output in this consumer's Q tile (no longer read; wait for its load if this consumer
+        # had no key blocks) instead of a layout-conversion scratch buffer: the split rings' stages need
+        # that shared memory (D256 with 64-key blocks: 224 KB of Q, K and V).
+        if n_total > 0:
+            mbarrier.wait(q_bar, 0)
+        q_tile.store(out)
+        gl.thread_barrier()
+        out = q_tile.load(gl.BlockedLayout([1, 8], [32 // (D // 8), D // 8], [num_warps, 1], [1, 0]))
     seq = out_row0.to(gl.int64) * stride_ot + out_col
-    _store_rows(O + seq, mine, stride_ot, acc.to(dtype), store_rows, len_q, num_warps)
+    _store_rows(O + seq, mine, stride_ot, out, store_rows, len_q, num_warps)
 
 
 @gluon.jit
 def _loader(
-    WG: gl.constexpr, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, KEY_BIAS,
-    m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
-    bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr, PINGPONG: gl.constexpr,
+    WG: gl.constexpr, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready,
+    v_empty, turn, O, KEY_BIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base,
+    stride_kbt, scale_half, bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
+    PINGPONG: gl.constexpr, SPLIT_KV: gl.constexpr,
 ):  # fmt: skip
-    """The producer: both Q tiles, then every key block of the program into the ring."""
+    """The producer: both Q tiles, then every key block of the program into the ring(s)."""
     BM: gl.constexpr = q_desc.block_type.shape[0]
     if n_total > 0:
         mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [row_q, out_col], q_bar, q_smem.index(0))
         tma.async_copy_global_to_shared(q_desc, [row_q + BM, out_col], q_bar, q_smem.index(1))
-        _stream_kv(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, col_k, n_total)
+        if SPLIT_KV:
+            _stream_k_ahead(
+                k_desc, v_desc, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, row_k, col_k, n_total
+            )
+        else:
+            _stream_kv(k_desc, v_desc, k_smem, v_smem, k_ready, k_empty, row_k, col_k, n_total)
 
 
 @gluon.jit
@@ -275,10 +346,12 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
     STAGES: gl.constexpr,
     num_warps: gl.constexpr,
     PINGPONG: gl.constexpr = False,
+    V_STAGES: gl.constexpr = 0,
 ):
     """One program per (2 BM query rows, sequence x head); arguments as hopper.sigmoid_attn_fwd_hopper_kernel
     (``num_warps`` = 4: the first consumer; the second consumer and the producer are extra warps);
-    PINGPONG: the consumers alternate at issuing matmuls (opt-in, see :func:`_consumer`)."""
+    PINGPONG: the consumers alternate at issuing matmuls (opt-in, see :func:`_consumer`). V_STAGES > 0:
+    V blocks get their own ring of that many stages and K keeps ``STAGES`` (0: one ring of K / V pairs)."""
     BM: gl.constexpr = q_desc.block_type.shape[0]
     D: gl.constexpr = q_desc.block_type.shape[1]
     BN: gl.constexpr = k_desc.block_type.shape[0]
@@ -293,17 +366,26 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
     n_total = _two_consumer_blocks(m0, len_q, len_k, BM, BN, CAUSAL)
 
     q_smem = gl.allocate_shared_memory(dtype, [2, BM, D], q_desc.layout)
+    SPLIT_KV: gl.constexpr = V_STAGES > 0
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], v_desc.layout)
+    if SPLIT_KV:
+        v_smem = gl.allocate_shared_memory(dtype, [V_STAGES, BN, D], v_desc.layout)
+    else:
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
-    ready, empty = _ring(STAGES)
+    k_ready, k_empty = _ring(STAGES)
+    if SPLIT_KV:
+        v_ready, v_empty = _ring(V_STAGES)
+    else:  # one ring: a stage holds K_j and V_j
+        v_ready = k_ready
+        v_empty = k_empty
     if PINGPONG:
         turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         mbarrier.init(turn.index(0), count=1)
         mbarrier.init(turn.index(1), count=1)
     else:
-        turn = empty  # not used
+        turn = k_empty  # not used
     fence_async_shared()
 
     row_q = i_b * rows_q + start_q + m0
@@ -319,28 +401,33 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
         [
             (
                 _consumer,
-                (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, KEY_BIAS,
-                 m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt,
-                 scale_half, bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS, PINGPONG),
+                (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready,
+                 v_empty, turn, O, KEY_BIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col,
+                 stride_ot, kb_base, stride_kbt, scale_half, bias_half, row_q, row_k, col_k, CAUSAL,
+                 HAS_KEY_BIAS, PINGPONG, SPLIT_KV),
             ),
             (
                 _consumer,
-                (1, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, KEY_BIAS,
-                 m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt,
-                 scale_half, bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS, PINGPONG),
+                (1, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready,
+                 v_empty, turn, O, KEY_BIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col,
+                 stride_ot, kb_base, stride_kbt, scale_half, bias_half, row_q, row_k, col_k, CAUSAL,
+                 HAS_KEY_BIAS, PINGPONG, SPLIT_KV),
             ),
             (
                 _loader,
-                (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, KEY_BIAS,
-                 m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt,
-                 scale_half, bias_half, row_q, row_k, col_k, CAUSAL, HAS_KEY_BIAS, PINGPONG),
+                (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready,
+                 v_empty, turn, O, KEY_BIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col,
+                 stride_ot, kb_base, stride_kbt, scale_half, bias_half, row_q, row_k, col_k, CAUSAL,
+                 HAS_KEY_BIAS, PINGPONG, SPLIT_KV),
             ),
         ],
         [CONSUMER_WARPS, 1],
         [CONSUMER_REGS, PRODUCER_REGS],
     )  # fmt: skip
     mbarrier.invalidate(q_bar)
-    _invalidate_ring(ready, empty)
+    _invalidate_ring(k_ready, k_empty)
+    if SPLIT_KV:
+        _invalidate_ring(v_ready, v_empty)
     if PINGPONG:
         mbarrier.invalidate(turn.index(0))
         mbarrier.invalidate(turn.index(1))
@@ -361,7 +448,7 @@ def ws_maxnreg() -> int:
 
 def compile_ws_sm90(
     dim: int,
-    config: tuple[int, int, int],
+    config: tuple[int, ...],
     *,
     dtype: str = "bf16",
     causal: bool = False,
@@ -372,11 +459,12 @@ def compile_ws_sm90(
     pingpong: bool = False,
 ):
     """The warp-specialized forward compiled for sm_90a without a GPU; ``config`` = (query rows per
-    consumer, BN, STAGES); ``pingpong``: the consumers alternate at issuing matmuls."""
+    consumer, BN, STAGES[, V_STAGES]); ``pingpong``: the consumers alternate at issuing matmuls."""
     from sigcell.ops.sigmoid_attn.hopper import compile_constants, compile_for_sm90, forward_args
 
     blocks = {"q_desc": config[0], "k_desc": config[1], "v_desc": config[1]}
     constants = compile_constants(config[2], CONSUMER_WARPS.value, causal, key_bias, padded, heads, group)
     constants["PINGPONG"] = pingpong
+    constants["V_STAGES"] = config[3] if len(config) > 3 else 0
     kernel = sigmoid_attn_fwd_hopper_ws_kernel
     return compile_for_sm90(kernel, blocks, forward_args(), constants, dim, dtype, maxnreg=ws_maxnreg())

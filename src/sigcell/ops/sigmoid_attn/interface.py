@@ -144,8 +144,9 @@ _FP32_CONFIGS: dict[int, tuple[int, int, int, int]] = {
 _config_override: dict[str, tuple[int, int, int, int]] = {}
 
 
-def set_config_override(kind: str, config: tuple[int, int, int, int] | None) -> None:
-    """Force ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` for one kernel kind (benchmark sweeps)."""
+def set_config_override(kind: str, config: tuple[int, ...] | None) -> None:
+    """Force a kernel kind's launch config (benchmark sweeps, tests): ``(BLOCK_M, BLOCK_N, num_warps,
+    num_stages)``, or the tuple its table above holds (the ``hopper_ws*`` kinds)."""
     if config is None:
         _config_override.pop(kind, None)
     else:
@@ -254,8 +255,12 @@ def _key_bias_strides(key_bias: torch.Tensor | None, varlen: bool) -> tuple[int,
 _HOPPER_CONFIGS = {64: (64, 128, 4, 2), 128: (128, 64, 4, 2), 256: (64, 64, 4, 3)}
 _HOPPER_DEFAULT_DIMS = "128,256"
 # Warp-specialized forward (hopper_ws.py): head dim -> (query rows per consumer warpgroup, BLOCK_N,
-# stages); a program owns two consumers' rows. Configs from the v18 sweep (H200, L4k).
+# stages[, V stages]); a program owns two consumers' rows. Configs from the v18 sweep (H200, L4k). A
+# fourth entry gives V blocks their own ring of that many stages (K keeps ``stages``; the output is then
+# staged in the Q tile): opt-in through sweep configs, not yet run on a GPU (NOTES.md, v21).
 _HOPPER_WS_CONFIGS = {64: (128, 64, 3), 128: (64, 64, 3), 256: (64, 32, 4)}
+# Split-ring configs the GPU tests cover (the sweep's candidates; none is a default yet).
+_HOPPER_WS_SPLIT_CONFIGS = {64: (128, 64, 3, 2), 128: (64, 128, 3, 2), 256: (64, 64, 3, 2)}
 # Where it is the default: head dim -> shortest query span (rows per sequence) that takes it. v18 A/B
 # against hopper.py: D128 0.95x at L1k, 1.06-1.09x at L4k-16k; D256 1.01-1.10x; D64 0.92-0.97x the
 # Triton kernel (stays there).
@@ -399,11 +404,13 @@ def _hopper_forward(
         from sigcell.ops.sigmoid_attn import hopper_ws
 
         kernel, warps = hopper_ws.sigmoid_attn_fwd_hopper_ws_kernel, hopper_ws.CONSUMER_WARPS.value
-        block_m, block_n, stages = _config_override.get("hopper_ws") or _HOPPER_WS_CONFIGS[dim]
+        block_m, block_n, stages, *v_stages = _config_override.get("hopper_ws") or _HOPPER_WS_CONFIGS[dim]
         pingpong = dim in _env_dims(
             "SIGCELL_HOPPER_WS_PINGPONG_DIMS", _HOPPER_WS_PINGPONG_DEFAULT_DIMS, _HOPPER_WS_CONFIGS
         )
-        program_rows, options = 2 * block_m, {"maxnreg": hopper_ws.ws_maxnreg(), "PINGPONG": pingpong}
+        program_rows = 2 * block_m
+        v_ring = v_stages[0] if v_stages else 0  # 0: one ring of K / V pairs
+        options = {"maxnreg": hopper_ws.ws_maxnreg(), "PINGPONG": pingpong, "V_STAGES": v_ring}
     else:
         from sigcell.ops.sigmoid_attn.hopper import sigmoid_attn_fwd_hopper_kernel as kernel
 
