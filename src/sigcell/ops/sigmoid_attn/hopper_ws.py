@@ -24,6 +24,10 @@ consumers take turns at issuing their matmuls (two ``turn`` mbarriers), so that 
 lines up with the other's matmuls instead of drifting into step with them. tests/ops/test_ws_schedule.py
 replays the barrier protocol under random interleavings (no deadlock, no lapped parity wait).
 
+Opt-in split rings (a config's fourth entry, ``V_STAGES``; not yet run on a GPU): K and V blocks get
+rings of their own, K streamed one block ahead, each K stage freed a step earlier than a shared stage;
+the output is then staged in the consumer's Q tile, which leaves room for D256 64-key blocks 3 deep.
+
 hopper_ws_bwd.py splits the backward's two kernels the same way (opt-in, not yet run on a GPU).
 """
 
@@ -178,7 +182,8 @@ def _consumer_step(
 ):
     """hopper._step on the shared ring: the stage of block j - 1 is released instead of refilled; with
     PINGPONG the two matmuls are issued in this consumer's turn j. SPLIT_KV (separate K and V rings):
-    also waits for V_{j-1}'s stage, and frees K_j's stage as soon as S_j has retired."""
+    also waits for V_{j-1}'s stage, and frees K_j's stage at the end of step j (S_j has retired), a
+    step before one shared ring could."""
     KS: gl.constexpr = k_smem.shape[0]
     VS: gl.constexpr = v_smem.shape[0]
     stage = j % KS
