@@ -2,8 +2,8 @@
 # The GPU calls queued for v19-v21 (benchmarks/NOTES.md): bash benchmarks/gpu_queue.sh a|b|c
 # (carry .whl: pytest, xdist, triton-sigmoid). Each call's timeouts sum to under 10 minutes.
 #   a: smoke with a hang guard, GPU tests of the warp-specialized kernels (-k ws), forward sweeps
-#      (one ring vs split K / V rings, without / with ping-pong) at D256 / D128, L4k
-#   b: D64 forward sweeps, ping-pong A/B, warp-specialized backward sweeps
+#      (one ring vs split K / V rings) at D256 / D128 L4k, split-ring A/B at L1k-16k
+#   b: D64 forward sweeps, ping-pong A/B (default configs), warp-specialized backward sweeps
 #   c: warp-specialized backward A/B, causal ping-pong A/B, L1k padded probe, dQ-atomics probe
 set -uo pipefail
 case "${1:-}" in a|b|c) ;; *) echo "usage: bash benchmarks/gpu_queue.sh a|b|c" >&2; exit 2 ;; esac
@@ -30,7 +30,9 @@ case "${1:-}" in
     timeout 200 python3 -m pytest -q -p no:cacheprovider -n 14 tests/ops/test_gpu.py -k ws 2>&1 | quiet \
       | tail -15 | tee "$OUT/gpu_tests.log"
     for d in 256 128; do sweep $d hopper_ws ws$d; done
-    for d in 256 128; do sweep $d hopper_ws pp$d $PP; done
+    echo "== v21 split K / V rings (B) vs the default warp-specialized configs (A)"
+    timeout 110 $AB --modes fwd --rounds 3 --d 128,256 --env-a SIGCELL_HOPPER_WS_DIMS=64,128,256 \
+      --env-b SIGCELL_HOPPER_WS_DIMS=64,128,256 --config-b hopper_ws@128=64,128,3,2 --config-b hopper_ws@256=64,64,3,2
     ;;
   b)
     sweep 64 hopper_ws ws64
