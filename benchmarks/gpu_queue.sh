@@ -27,8 +27,9 @@ case "${1:-}" in
   a)
     timeout 150 python3 benchmarks/ws_smoke.py 2>&1 | quiet | tail -12 | tee "$OUT/smoke.log"
     grep -q "D256 causal=True" "$OUT/smoke.log" || { echo "SMOKE FAILED"; exit 3; }
-    timeout 200 python3 -m pytest -q -p no:cacheprovider -n 14 tests/ops/test_gpu.py -k ws 2>&1 | quiet \
-      | tail -15 | tee "$OUT/gpu_tests.log"
+    # -v into the full log: after a hang (killed by the timeout) the missing PASSED lines name the cases
+    timeout 200 python3 -m pytest -v -p no:cacheprovider -n 14 tests/ops/test_gpu.py -k ws 2>&1 | quiet \
+      | tee "$OUT/gpu_tests_full.log" | grep -v "PASSED" | tail -25
     for d in 256 128; do sweep $d hopper_ws ws$d; done
     echo "== v21 split K / V rings (B) vs the default warp-specialized configs (A)"
     timeout 110 $AB --modes fwd --rounds 3 --d 128,256 --env-a SIGCELL_HOPPER_WS_DIMS=64,128,256 \
