@@ -89,14 +89,15 @@ def _two_consumer_blocks(m0, len_q, len_k, BM: gl.constexpr, BN: gl.constexpr, C
 
 
 @gluon.jit
-def _stream_kv(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, col_k, n_blocks):
-    """Load key blocks 0 .. n_blocks - 1 (K and V) into the ring, each once both consumers freed its
-    stage (``empty``) and announced by its ``ready`` barrier's transaction count."""
+def _stream_kv(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, col_k, n_blocks, it0):
+    """Load key blocks 0 .. n_blocks - 1 (K and V) into the ring as its iterations ``it0 + j``, each once
+    both consumers freed its stage (``empty``) and announced by its ``ready`` barrier's transaction
+    count (``it0``: iterations of earlier tiles of a persistent program, else 0)."""
     BN: gl.constexpr = k_desc.block_type.shape[0]
     STAGES: gl.constexpr = k_smem.shape[0]
     for j in range(n_blocks):
-        stage = j % STAGES
-        mbarrier.wait(empty.index(stage), ((j // STAGES) & 1) ^ 1)  # the first pass finds stages free
+        stage = (it0 + j) % STAGES
+        mbarrier.wait(empty.index(stage), (((it0 + j) // STAGES) & 1) ^ 1)  # the first pass finds it free
         bar = ready.index(stage)
         mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(k_desc, [row_k + j * BN, col_k], bar, k_smem.index(stage))
@@ -116,16 +117,16 @@ def _load_stage(desc, smem, ready, empty, j, row, col):
 
 @gluon.jit
 def _stream_k_ahead(
-    k_desc, v_desc, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, row_k, col_k, n_blocks
+    k_desc, v_desc, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, row_k, col_k, n_blocks, it0
 ):  # fmt: skip
-    """Split rings: key blocks 0 .. n_blocks - 1 into the K ring and the V ring, K one block ahead of V
-    (step j needs K_j for S_j but V only up to V_{j-1})."""
+    """Split rings: key blocks 0 .. n_blocks - 1 into the K ring and the V ring (iterations ``it0 +
+    j``), K one block ahead of V (step j needs K_j for S_j but V only up to V_{j-1})."""
     BN: gl.constexpr = k_desc.block_type.shape[0]
     for j in range(n_blocks + 1):
         if j < n_blocks:
-            _load_stage(k_desc, k_smem, k_ready, k_empty, j, row_k + j * BN, col_k)
+            _load_stage(k_desc, k_smem, k_ready, k_empty, it0 + j, row_k + j * BN, col_k)
         if j > 0:
-            _load_stage(v_desc, v_smem, v_ready, v_empty, j - 1, row_k + (j - 1) * BN, col_k)
+            _load_stage(v_desc, v_smem, v_ready, v_empty, it0 + j - 1, row_k + (j - 1) * BN, col_k)
 
 
 @gluon.jit
@@ -155,6 +156,8 @@ def _pass_turn(turn, WG: gl.constexpr):
 @gluon.jit
 def _consumer_step(
     j,
+    it,
+    tt,
     p,
     acc,
     q_tile,
@@ -180,19 +183,19 @@ def _consumer_step(
     PINGPONG: gl.constexpr,
     SPLIT_KV: gl.constexpr,
 ):
-    """hopper._step on the shared ring: the stage of block j - 1 is released instead of refilled; with
-    PINGPONG the two matmuls are issued in this consumer's turn j. SPLIT_KV (separate K and V rings):
-    also waits for V_{j-1}'s stage, and frees K_j's stage at the end of step j (S_j has retired), a
-    step before one shared ring could."""
+    """hopper._step on the shared ring for key block j, ring iteration ``it`` (turn ``tt``): the stage
+    of block j - 1 is released instead of refilled; with PINGPONG the two matmuls are issued in this
+    consumer's turn. SPLIT_KV (separate K and V rings): also waits for V_{j-1}'s stage, and frees K_j's
+    stage at the end of step j (S_j has retired), a step before one shared ring could."""
     KS: gl.constexpr = k_smem.shape[0]
     VS: gl.constexpr = v_smem.shape[0]
-    stage = j % KS
-    prev = (j - 1) % VS
-    mbarrier.wait(k_ready.index(stage), (j // KS) & 1)
+    stage = it % KS
+    prev = (it - 1) % VS
+    mbarrier.wait(k_ready.index(stage), (it // KS) & 1)
     if SPLIT_KV:
-        mbarrier.wait(v_ready.index(prev), ((j - 1) // VS) & 1)
+        mbarrier.wait(v_ready.index(prev), ((it - 1) // VS) & 1)
     if PINGPONG:
-        _await_turn(turn, j, WG)
+        _await_turn(turn, tt, WG)
     s_tok, acc_tok = _fwd_issue(p, acc, q_tile, k_smem, v_smem, stage, prev, s_zero)
     if PINGPONG:
         _pass_turn(turn, WG)
@@ -213,9 +216,26 @@ def _consumer(
     stride_kbt, scale_half, bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
     PINGPONG: gl.constexpr, SPLIT_KV: gl.constexpr,
 ):  # fmt: skip
-    """Consumer ``WG`` (0 or 1): query rows ``m0 + WG * BM + [0, BM)``, the forward of hopper.py on the
-    shared K / V ring. Stages past its own key blocks (up to the program's ``n_total``) are waited for
-    and released. Every partition takes these arguments (warp_specialize wants one worker signature).
+    """Consumer ``WG`` (0 or 1) of a one-tile program: :func:`_consumer_tile` from ring iteration 0.
+    Every partition takes these arguments (warp_specialize wants one worker signature)."""
+    _consumer_tile(
+        WG, q_smem, k_smem, v_smem, q_bar, 0, q_bar, k_ready, k_empty, v_ready, v_empty, turn, 0, 0, O, m0,
+        len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
+        bias_half, CAUSAL, HAS_KEY_BIAS, PINGPONG, SPLIT_KV, False,
+    )  # fmt: skip
+
+
+@gluon.jit
+def _consumer_tile(
+    WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_phase, q_empty, k_ready, k_empty, v_ready, v_empty,
+    turn, it0, t0, O, m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base,
+    stride_kbt, scale_half, bias_half, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
+    PINGPONG: gl.constexpr, SPLIT_KV: gl.constexpr, PERSISTENT: gl.constexpr,
+):  # fmt: skip
+    """Consumer ``WG`` (0 or 1) on one tile: query rows ``m0 + WG * BM + [0, BM)``, the forward of
+    hopper.py on the shared K / V ring, whose iterations for this tile start at ``it0`` (``t0``: its first
+    ping-pong turn; ``q_phase``: the phase of ``q_bar`` that brings its Q tile). Stages past its own key
+    blocks (up to the tile's ``n_total``) are waited for and released.
 
     With PINGPONG the consumers take turns at issuing matmuls (``turn`` barriers): turn t issues
     ``S_t`` and ``P_{t-1} V_{t-1}`` (turn 0: ``S_0`` alone; turn ``n_blocks``: the last ``P V``), so
@@ -223,7 +243,10 @@ def _consumer(
     with fewer key blocks passes its remaining turns idle, releasing the other's extra stages.
 
     With SPLIT_KV, K and V blocks sit in separate rings (``k_*`` and ``v_*`` barriers; otherwise the
-    ``v_*`` ones are the ``k_*`` ones): K_j's stage is freed once S_j retired, a step before V_j's."""
+    ``v_*`` ones are the ``k_*`` ones): K_j's stage is freed once S_j retired, a step before V_j's.
+
+    PERSISTENT (a program of many tiles): the consumer arrives on ``q_empty`` once its Q tile is free
+    (after its last S, or after the output staged in it), so the producer can load the next tile's."""
     BM: gl.constexpr = q_smem.shape[1]
     D: gl.constexpr = q_smem.shape[2]
     BN: gl.constexpr = k_smem.shape[1]
@@ -241,11 +264,13 @@ def _consumer(
     acc = gl.zeros([BM, D], gl.float32, o_layout)
     if n_blocks > 0:
         s_zero = gl.zeros([BM, BN], gl.float32, s_layout)
-        mbarrier.wait(q_bar, 0)
-        mbarrier.wait(k_ready.index(0), 0)
+        mbarrier.wait(q_bar, q_phase)
+        mbarrier.wait(k_ready.index(it0 % KS), (it0 // KS) & 1)
         if PINGPONG:
-            _await_turn(turn, 0, WG)
-        s_tok = warpgroup_mma(q_tile, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            _await_turn(turn, t0, WG)
+        s_tok = warpgroup_mma(
+            q_tile, k_smem.index(it0 % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True
+        )
         if PINGPONG:
             _pass_turn(turn, WG)
         s = warpgroup_mma_wait(0, deps=(s_tok,))
@@ -254,52 +279,62 @@ def _consumer(
             stride_kbt, len_k, shift, HAS_KEY_BIAS, True, CAUSAL, dtype, p_layout,
         )  # fmt: skip
         if SPLIT_KV:
-            mbarrier.arrive(k_empty.index(0), count=1)
+            mbarrier.arrive(k_empty.index(it0 % KS), count=1)
         for j in range(1, n_full):
             p, acc = _consumer_step(
-                j, p, acc, q_tile, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turn, s_zero, o_m,
-                scale_half, bias_half, kb_base, stride_kbt, len_k, shift, WG, HAS_KEY_BIAS, False, CAUSAL,
-                PINGPONG, SPLIT_KV,
+                j, it0 + j, t0 + j, p, acc, q_tile, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
+                turn, s_zero, o_m, scale_half, bias_half, kb_base, stride_kbt, len_k, shift, WG,
+                HAS_KEY_BIAS, False, CAUSAL, PINGPONG, SPLIT_KV,
             )  # fmt: skip
         for j in range(gl.maximum(n_full, 1), n_blocks):
             p, acc = _consumer_step(
-                j, p, acc, q_tile, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turn, s_zero, o_m,
-                scale_half, bias_half, kb_base, stride_kbt, len_k, shift, WG, HAS_KEY_BIAS, True, CAUSAL,
-                PINGPONG, SPLIT_KV,
+                j, it0 + j, t0 + j, p, acc, q_tile, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
+                turn, s_zero, o_m, scale_half, bias_half, kb_base, stride_kbt, len_k, shift, WG,
+                HAS_KEY_BIAS, True, CAUSAL, PINGPONG, SPLIT_KV,
             )  # fmt: skip
+        if PERSISTENT and not SPLIT_KV:  # every S of this tile has retired: the Q tile is free
+            mbarrier.arrive(q_empty, count=1)
         last = n_blocks - 1
         if SPLIT_KV:
-            mbarrier.wait(v_ready.index(last % VS), (last // VS) & 1)
+            mbarrier.wait(v_ready.index((it0 + last) % VS), ((it0 + last) // VS) & 1)
         if n_blocks * BN > len_k:  # only the last block can run past the sequence (hi <= len_k)
-            _zero_rows_past(v_smem.index(last % VS), last * BN, len_k, num_warps)
+            _zero_rows_past(v_smem.index((it0 + last) % VS), last * BN, len_k, num_warps)
         if PINGPONG:
-            _await_turn(turn, n_blocks, WG)
-        acc_tok = warpgroup_mma(p, v_smem.index(last % VS), acc, is_async=True)
+            _await_turn(turn, t0 + n_blocks, WG)
+        acc_tok = warpgroup_mma(p, v_smem.index((it0 + last) % VS), acc, is_async=True)
         if PINGPONG:
             _pass_turn(turn, WG)
         acc = warpgroup_mma_wait(0, deps=(acc_tok,))
-        mbarrier.arrive(v_empty.index(last % VS), count=1)
+        mbarrier.arrive(v_empty.index((it0 + last) % VS), count=1)
+    elif PERSISTENT and not SPLIT_KV:  # noqa: SIM102 (constexpr branch around a runtime one)
+        if n_total > 0:  # no key blocks: the Q tile was loaded (the tile has some), unread
+            mbarrier.wait(q_bar, q_phase)
+            mbarrier.arrive(q_empty, count=1)
     if PINGPONG:
         # Idle turns n_blocks + 1 .. n_total (all of them without key blocks); turn t releases the other
         # consumer's stage t - 1 once that consumer has issued from it.
         for t in range(n_blocks + (n_blocks > 0).to(gl.int32), n_total + 1):
-            _await_turn(turn, t, WG)
+            _await_turn(turn, t0 + t, WG)
             _pass_turn(turn, WG)
             if t > n_blocks:
-                _release_kv(k_ready, k_empty, v_ready, v_empty, t - 1, KS, VS, SPLIT_KV)
+                _release_kv(k_ready, k_empty, v_ready, v_empty, it0 + t - 1, KS, VS, SPLIT_KV)
     else:
         for j in range(n_blocks, n_total):  # the other consumer's extra blocks: release them unread
-            _release_kv(k_ready, k_empty, v_ready, v_empty, j, KS, VS, SPLIT_KV)
+            _release_kv(k_ready, k_empty, v_ready, v_empty, it0 + j, KS, VS, SPLIT_KV)
     out = acc.to(dtype)
     if SPLIT_KV:
         # Stage the output in this consumer's Q tile (no longer read; wait for its load if this consumer
         # had no key blocks) instead of a layout-conversion scratch buffer: the split rings' stages need
         # that shared memory (D256 with 64-key blocks: 224 KB of Q, K and V).
         if n_total > 0:
-            mbarrier.wait(q_bar, 0)
+            mbarrier.wait(q_bar, q_phase)
         q_tile.store(out)
         gl.thread_barrier()
         out = q_tile.load(gl.BlockedLayout([1, 8], [32 // (D // 8), D // 8], [num_warps, 1], [1, 0]))
+        if PERSISTENT:  # noqa: SIM102 (constexpr branch around a runtime one)
+            if n_total > 0:  # the staged output is read back: the Q tile is free
+                gl.thread_barrier()
+                mbarrier.arrive(q_empty, count=1)
     seq = out_row0.to(gl.int64) * stride_ot + out_col
     _store_rows(O + seq, mine, stride_ot, out, store_rows, len_q, num_warps)
 
@@ -311,18 +346,34 @@ def _loader(
     stride_kbt, scale_half, bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
     PINGPONG: gl.constexpr, SPLIT_KV: gl.constexpr,
 ):  # fmt: skip
-    """The producer: both Q tiles, then every key block of the program into the ring(s)."""
+    """The producer of a one-tile program: :func:`_loader_tile` from ring iteration 0."""
+    _loader_tile(
+        q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, 0, q_bar, k_ready, k_empty, v_ready, v_empty,
+        0, n_total, row_q, out_col, row_k, col_k, SPLIT_KV, False,
+    )  # fmt: skip
+
+
+@gluon.jit
+def _loader_tile(
+    q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_phase, q_empty, k_ready, k_empty, v_ready,
+    v_empty, it0, n_total, row_q, col_q, row_k, col_k, SPLIT_KV: gl.constexpr, PERSISTENT: gl.constexpr,
+):  # fmt: skip
+    """The producer on one tile: both Q tiles (PERSISTENT: once both consumers freed them from the
+    previous tile, ``q_empty``), then every key block of the tile into the ring(s) from iteration
+    ``it0``."""
     BM: gl.constexpr = q_desc.block_type.shape[0]
     if n_total > 0:
+        if PERSISTENT:  # the first tile finds the Q tiles free
+            mbarrier.wait(q_empty, (q_phase & 1) ^ 1)
         mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [row_q, out_col], q_bar, q_smem.index(0))
-        tma.async_copy_global_to_shared(q_desc, [row_q + BM, out_col], q_bar, q_smem.index(1))
+        tma.async_copy_global_to_shared(q_desc, [row_q, col_q], q_bar, q_smem.index(0))
+        tma.async_copy_global_to_shared(q_desc, [row_q + BM, col_q], q_bar, q_smem.index(1))
         if SPLIT_KV:
             _stream_k_ahead(
-                k_desc, v_desc, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, row_k, col_k, n_total
+                k_desc, v_desc, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, row_k, col_k, n_total, it0
             )
         else:
-            _stream_kv(k_desc, v_desc, k_smem, v_smem, k_ready, k_empty, row_k, col_k, n_total)
+            _stream_kv(k_desc, v_desc, k_smem, v_smem, k_ready, k_empty, row_k, col_k, n_total, it0)
 
 
 @gluon.jit

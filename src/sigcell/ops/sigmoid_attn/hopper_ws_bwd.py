@@ -165,7 +165,7 @@ def _dq_loader(
         for w in gl.static_range(2):
             tma.async_copy_global_to_shared(q_desc, [row_q + w * BM, out_col], q_bar, q_smem.index(w))
             tma.async_copy_global_to_shared(do_desc, [row_q + w * BM, out_col], q_bar, do_smem.index(w))
-        _stream_kv(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, col_k, n_total)
+        _stream_kv(k_desc, v_desc, k_smem, v_smem, ready, empty, row_k, col_k, n_total, 0)
 
 
 @gluon.jit
