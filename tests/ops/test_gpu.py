@@ -129,15 +129,19 @@ WS_GRID = list(itertools.product(["bf16", "fp16"], [False, True], ["padded", "va
 
 
 def _ws_variant(variant: str, dim: int, monkeypatch) -> None:
-    """Route the forward to the warp-specialized kernel; ``variant`` names its options: "pingpong" and
-    "split" (separate K / V rings, a config of interface._HOPPER_WS_SPLIT_CONFIGS)."""
+    """Route the forward to the warp-specialized kernel; ``variant`` names its options: "pingpong",
+    "split" (separate K / V rings, a config of interface._HOPPER_WS_SPLIT_CONFIGS) and "persistent"
+    (5 programs, so that each walks many tiles)."""
     monkeypatch.setenv("SIGCELL_HOPPER_WS_DIMS", "64,128,256")
     monkeypatch.setenv("SIGCELL_HOPPER_WS_PINGPONG_DIMS", "64,128,256" if "pingpong" in variant else "")
+    monkeypatch.setenv("SIGCELL_HOPPER_WS_PERSISTENT_DIMS", "64,128,256" if "persistent" in variant else "")
+    if "persistent" in variant:
+        monkeypatch.setattr(interface, "_sm_count", lambda device: 5)
     if "split" in variant:
         monkeypatch.setitem(interface._config_override, "hopper_ws", interface._HOPPER_WS_SPLIT_CONFIGS[dim])
 
 
-WS_VARIANTS = ["one-ring", "pingpong", "split", "split-pingpong"]
+WS_VARIANTS = ["one-ring", "pingpong", "split", "split-pingpong", "persistent", "persistent-split-pingpong"]
 
 
 @pytest.mark.parametrize("variant", WS_VARIANTS)
@@ -175,7 +179,11 @@ def test_hopper_ws_backward_matches_reference(dtype, causal, layout, dim, monkey
 @pytest.mark.parametrize("dim", [64, 128, 256])
 @pytest.mark.parametrize("layout", ["padded", "varlen"])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("kernels", ["fwd", "fwd-pingpong", "fwd-split", "fwd-split-pingpong", "fwd,bwd"])
+@pytest.mark.parametrize(
+    "kernels",
+    ["fwd", "fwd-pingpong", "fwd-split", "fwd-split-pingpong", "fwd-persistent", "fwd-persistent-split",
+     "fwd,bwd"],
+)
 def test_hopper_ws_edges(dim, layout, causal, kernels, monkeypatch):
     """Lengths 0 and 1, one row or key past a program, a program and a half: the warp-specialized
     forward (split rings, ping-pong), and with it the warp-specialized backward."""
@@ -221,7 +229,7 @@ def test_hopper_fused_backward_matches_reference(dtype, causal, layout, dim, mon
 @pytest.mark.parametrize(
     ("kernels", "dim"),
     [("dkdv,dq", 128), ("fused", 128), ("dkdv,dq", 256), ("ws", 128), ("ws", 256), ("ws-pingpong", 64),
-     ("ws-split", 256)],
+     ("ws-split", 256), ("ws-persistent", 128)],
 )
 @pytest.mark.parametrize("causal", [False, True])
 def test_hopper_kernels_ignore_nan_padding(causal, kernels, dim, monkeypatch):

@@ -67,7 +67,7 @@ def test_backward_compiles_for_sm90_with_overlapped_wgmma(kind, dim, dtype, caus
 @pytest.mark.parametrize(
     ("dim", "causal", "key_bias"), [(64, True, False), (128, False, True), (256, True, True)]
 )
-@pytest.mark.parametrize("kind", ["fwd", "fwd_pingpong", "fwd_split", "dq", "dkdv"])
+@pytest.mark.parametrize("kind", ["fwd", "fwd_pingpong", "fwd_split", "fwd_persistent", "dq", "dkdv"])
 def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
     """The warp-specialized forward and dQ kernels: register reallocation between partitions, each
     consumer's loops keep a matmul in flight while it computes (forward: P V during the sigmoid; dQ: dP
@@ -82,14 +82,19 @@ def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
         "fwd": interface._HOPPER_WS_CONFIGS,
         "fwd_pingpong": interface._HOPPER_WS_CONFIGS,
         "fwd_split": interface._HOPPER_WS_SPLIT_CONFIGS,
+        "fwd_persistent": interface._HOPPER_WS_SPLIT_CONFIGS,
         "dq": interface._HOPPER_WS_DQ_CONFIGS,
         "dkdv": interface._HOPPER_WS_DKDV_CONFIGS,
     }[kind]
     if kind == "dkdv" and dim == 256:
         kind = "dk"  # D256: dK and dV in separate launches
     flags = {"causal": causal, "key_bias": key_bias, "padded": not causal}
-    if kind.startswith("fwd"):
-        kernel = compile_ws_sm90(dim, configs[dim], group=2, pingpong=kind == "fwd_pingpong", **flags)
+    if kind.startswith("fwd"):  # the persistent kernel: with split rings and ping-pong
+        options = {
+            "pingpong": kind in ("fwd_pingpong", "fwd_persistent"),
+            "persistent": kind == "fwd_persistent",
+        }
+        kernel = compile_ws_sm90(dim, configs[dim], group=2, **options, **flags)
     else:
         kernel = compile_ws_bwd_sm90(kind, dim, configs[dim], group=2, **flags)
     ptx = kernel.asm["ptx"]
@@ -103,6 +108,7 @@ def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
         "fwd": {1: 4},
         "fwd_pingpong": {1: 4},
         "fwd_split": {1: 4},
+        "fwd_persistent": {1: 4},
         "dq": {2: 4, 1: 6},
         "dkdv": {1: 4 * loops, 0: 2 * loops},
         "dk": {1: 2 * loops, 0: 4 * loops},
@@ -111,7 +117,9 @@ def test_ws_kernels_compile_for_sm90(dim, causal, key_bias, kind):
     if kind.startswith("fwd"):  # ping-pong: the turn passes between issuing the matmuls and waiting for S
         chunks = ptx.split("wgmma.wait_group.sync.aligned 1;")[:-1]
         between = [chunk.rsplit("wgmma.commit_group", 1)[1] for chunk in chunks]
-        assert all(("mbarrier.arrive" in text) == (kind == "fwd_pingpong") for text in between)
+        assert all(
+            ("mbarrier.arrive" in text) == ("pingpong" in kind or "persistent" in kind) for text in between
+        )
     assert not re.search(r"\bbar\.sync\s+0;", ptx)  # partition barriers name their thread count
     assert kernel.metadata.shared <= 227 * 1024
 
@@ -212,6 +220,7 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
     for module, name in [
         (hopper, "sigmoid_attn_fwd_hopper_kernel"),
         (hopper_ws, "sigmoid_attn_fwd_hopper_ws_kernel"),
+        (hopper_ws, "sigmoid_attn_fwd_hopper_ws_persistent_kernel"),
         (hopper_ws_bwd, "sigmoid_attn_bwd_dq_hopper_ws_kernel"),
         (hopper_ws_bwd, "sigmoid_attn_bwd_dkdv_hopper_ws_kernel"),
         (hopper_bwd, "sigmoid_attn_bwd_dkdv_hopper_kernel"),
@@ -256,6 +265,14 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
     assert [launches.pop()[0] for _ in range(2)] == ["sigmoid_attn_fwd_hopper_ws_kernel"] * 2
     # ping-pong: opt-in, per head dim; split K / V rings: a config's fourth entry (0: one ring)
     assert [pingpong[i] for i in (0, 4, -2, -1)] == [(None, None), (False, 0), (True, 0), (True, 2)]
+    # Persistent: at most one program per SM, over pairs of tiles (1 tile of 2 x 64 rows per sequence
+    # x head here: batch x heads pairs).
+    monkeypatch.setenv("SIGCELL_HOPPER_WS_PERSISTENT_DIMS", "128")
+    for sms in (132, 3):
+        monkeypatch.setattr(interface, "_sm_count", lambda device, sms=sms: sms)
+        interface._hopper_forward(q, k, k, *common)
+        name, grid, _ = launches.pop()
+        assert name == "sigmoid_attn_fwd_hopper_ws_persistent_kernel" and grid == (min(sms, batch * heads),)
     assert [name for name, _, _ in launches] == [
         "sigmoid_attn_fwd_hopper_kernel",
         "sigmoid_attn_bwd_dkdv_hopper_kernel",

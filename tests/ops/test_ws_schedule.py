@@ -88,119 +88,179 @@ class Ring:
 
 
 class Program(Partitions):
-    """One program of the warp-specialized forward: query rows ``m0 + [0, 2 bm)``; one ring of K / V
-    pairs, or (``v_stages`` > 0) a K ring of ``stages`` and a V ring of ``v_stages``."""
+    """A program of the warp-specialized forward over ``tiles`` (``(m0, len_q, len_k)`` each: query rows
+    ``m0 + [0, 2 bm)``; more than one: the persistent kernel, whose partitions carry ring iterations,
+    turns and Q phases from tile to tile); one ring of K / V pairs, or (``v_stages`` > 0) a K ring of
+    ``stages`` and a V ring of ``v_stages``. A one-tile program is the one-tile kernel (no ``q_empty``)."""
 
-    def __init__(self, m0, len_q, len_k, bm, bn, stages, causal, pingpong, v_stages=0):
-        self.pingpong, self.split = pingpong, v_stages > 0
-        self.blocks = [key_blocks(m0 + wg * bm, len_q, len_k, bm, bn, causal)[0] for wg in (0, 1)]
-        self.n_total = max(self.blocks)
-        self.q_bar = Barrier(1)
+    def __init__(self, tiles, bm, bn, stages, causal, pingpong, v_stages=0):
+        self.pingpong, self.split, self.persistent = pingpong, v_stages > 0, len(tiles) > 1
+        self.tiles = [
+            [key_blocks(m0 + wg * bm, len_q, len_k, bm, bn, causal)[0] for wg in (0, 1)]
+            for m0, len_q, len_k in tiles
+        ]
+        self.q_bar, self.q_empty = Barrier(1), Barrier(2)
+        self.q_holds: int | None = None  # the tile whose Q rows are in shared memory
         self.k = Ring(stages)
         self.v = Ring(v_stages) if self.split else self.k
         self.turn = [Barrier(1), Barrier(1)]
         self.issues: list[tuple[int, int]] = []
         self.reads = {0: [], 1: []}
 
+    @property
+    def blocks(self):
+        return self.tiles[0]
+
+    @property
+    def n_total(self):
+        return max(self.tiles[0])
+
     # The partitions yield (barrier, phase) to wait for that phase of that barrier.
     def loader(self):
-        if self.n_total > 0:
-            self.q_bar.arrive()
-            if not self.split:  # stage j holds K_j and V_j
-                for j in range(self.n_total):
-                    yield from self.k.fill(j)
-                return
-            for j in range(self.n_total + 1):  # K one block ahead of V
-                if j < self.n_total:
-                    yield from self.k.fill(j)
-                if j > 0:
-                    yield from self.v.fill(j - 1)
+        it0 = q_phase = 0
+        for tile, blocks in enumerate(self.tiles):
+            n_total = max(blocks)
+            if n_total > 0:
+                if self.persistent:
+                    yield self.q_empty, q_phase - 1
+                self.q_holds = tile
+                self.q_bar.arrive()
+                if not self.split:  # stage j holds K_j and V_j
+                    for j in range(n_total):
+                        yield from self.k.fill(it0 + j)
+                else:
+                    for j in range(n_total + 1):  # K one block ahead of V
+                        if j < n_total:
+                            yield from self.k.fill(it0 + j)
+                        if j > 0:
+                            yield from self.v.fill(it0 + j - 1)
+            it0 += n_total
+            q_phase += n_total > 0
 
-    def _read(self, wg, ring, name, j):
-        assert ring.holds[j % ring.stages] == j, f"consumer {wg} read a stage without {name}_{j}"
-        self.reads[wg].append((name, j))
+    def _read(self, wg, ring, name, it):
+        assert ring.holds[it % ring.stages] == it, (
+            f"consumer {wg} read a stage without {name} of iteration {it}"
+        )
+        self.reads[wg].append((name, it))
+
+    def _read_q(self, wg, tile):
+        assert self.q_holds == tile, f"consumer {wg} read the Q rows of tile {self.q_holds} in tile {tile}"
 
     def _await_turn(self, wg, t):
         # consumer 0's turn t follows consumer 1's turn t - 1; consumer 1's follows consumer 0's turn t
         yield self.turn[wg], t - 1 + wg
         self.issues.append((wg, t))
 
-    def _release(self, j):
-        yield self.k.wait(j)
-        self.k.free(j)
+    def _release(self, it):
+        yield self.k.wait(it)
+        self.k.free(it)
         if self.split:
-            yield self.v.wait(j)
-            self.v.free(j)
+            yield self.v.wait(it)
+            self.v.free(it)
 
     def consumer(self, wg):
-        n_blocks, pp, split, k, v = self.blocks[wg], self.pingpong, self.split, self.k, self.v
+        it0 = t0 = q_phase = 0
+        for tile, blocks in enumerate(self.tiles):
+            yield from self._consumer_tile(wg, tile, blocks[wg], max(blocks), it0, t0, q_phase)
+            it0 += max(blocks)
+            t0 += max(blocks) + 1
+            q_phase += max(blocks) > 0
+
+    def _consumer_tile(self, wg, tile, n_blocks, n_total, it0, t0, q_phase):
+        pp, split, k, v = self.pingpong, self.split, self.k, self.v
+        frees_q_after_s = self.persistent and not split
         if n_blocks > 0:
-            yield self.q_bar, 0
-            yield k.wait(0)
+            yield self.q_bar, q_phase
+            yield k.wait(it0)
             if pp:
-                yield from self._await_turn(wg, 0)
-            self._read(wg, k, "K", 0)  # S_0
+                yield from self._await_turn(wg, t0)
+            self._read_q(wg, tile)
+            self._read(wg, k, "K", it0)  # S_0
             if pp:
                 self.turn[1 - wg].arrive()
             if split:
-                k.free(0)  # once S_0 retired
+                k.free(it0)  # once S_0 retired
             for j in range(1, n_blocks):
-                yield k.wait(j)
+                yield k.wait(it0 + j)
                 if split:
-                    yield v.wait(j - 1)
+                    yield v.wait(it0 + j - 1)
                 if pp:
-                    yield from self._await_turn(wg, j)
-                self._read(wg, k, "K", j)  # S_j
-                self._read(wg, v, "V", j - 1)  # P_{j-1} V_{j-1}
+                    yield from self._await_turn(wg, t0 + j)
+                self._read_q(wg, tile)
+                self._read(wg, k, "K", it0 + j)  # S_j
+                self._read(wg, v, "V", it0 + j - 1)  # P_{j-1} V_{j-1}
                 if pp:
                     self.turn[1 - wg].arrive()
                 if split:
-                    k.free(j)
-                v.free(j - 1)  # after both matmuls retired (one ring: frees K_{j-1} and V_{j-1})
+                    k.free(it0 + j)
+                v.free(it0 + j - 1)  # after both matmuls retired (one ring: frees K_{j-1} and V_{j-1})
+            if frees_q_after_s:
+                self.q_empty.arrive()
+            last = it0 + n_blocks - 1
             if split:
-                yield v.wait(n_blocks - 1)
+                yield v.wait(last)
             if pp:
-                yield from self._await_turn(wg, n_blocks)
-            self._read(wg, v, "V", n_blocks - 1)
+                yield from self._await_turn(wg, t0 + n_blocks)
+            self._read(wg, v, "V", last)
             if pp:
                 self.turn[1 - wg].arrive()
-            v.free(n_blocks - 1)
+            v.free(last)
+        elif frees_q_after_s and n_total > 0:
+            yield self.q_bar, q_phase
+            self.q_empty.arrive()
         if pp:
-            for t in range(n_blocks + (n_blocks > 0), self.n_total + 1):
-                yield from self._await_turn(wg, t)
+            for t in range(n_blocks + (n_blocks > 0), n_total + 1):
+                yield from self._await_turn(wg, t0 + t)
                 self.turn[1 - wg].arrive()
                 if t > n_blocks:
-                    yield from self._release(t - 1)
+                    yield from self._release(it0 + t - 1)
         else:
-            for j in range(n_blocks, self.n_total):
-                yield from self._release(j)
+            for j in range(n_blocks, n_total):
+                yield from self._release(it0 + j)
+        if split and n_total > 0:  # the output is staged in this consumer's Q tile
+            yield self.q_bar, q_phase
+            self._read_q(wg, tile)
+            if self.persistent:
+                self.q_empty.arrive()
 
 
-def _random_programs(rng: random.Random, n: int):
+def _random_tile(rng: random.Random, bm: int):
+    len_q = rng.choice([0, 1, *[rng.randrange(1, 1200)] * 8])
+    len_k = len_q if rng.random() < 0.7 else rng.randrange(0, 1200)
+    m0 = 2 * bm * rng.randrange(0, max(1, -(-len_q // (2 * bm))) + 1)
+    return m0, len_q, len_k
+
+
+def _random_programs(rng: random.Random, n: int, max_tiles: int = 1):
     for _ in range(n):
         bm, bn, stages = rng.choice([64, 128]), rng.choice([32, 64, 128]), rng.choice([2, 3, 4])
-        len_q = rng.choice([0, 1, *[rng.randrange(1, 1200)] * 8])
-        len_k = len_q if rng.random() < 0.7 else rng.randrange(0, 1200)
-        m0 = 2 * bm * rng.randrange(0, max(1, -(-len_q // (2 * bm))) + 1)
-        yield m0, len_q, len_k, bm, bn, stages, rng.random() < 0.5
+        tiles = [_random_tile(rng, bm) for _ in range(rng.randint(1, max_tiles))]
+        yield tiles, bm, bn, stages, rng.random() < 0.5
 
 
+@pytest.mark.parametrize("persistent", [False, True])
 @pytest.mark.parametrize("v_stages", [0, 1, 2, 3])
 @pytest.mark.parametrize("pingpong", [False, True])
-def test_ws_forward_protocol_finishes_and_reads_the_right_stages(pingpong, v_stages):
-    """One K / V ring (v_stages 0) or split rings, with and without ping-pong."""
-    rng = random.Random(1234 + pingpong + 10 * v_stages)
-    for m0, len_q, len_k, bm, bn, stages, causal in _random_programs(rng, 400):
-        prog = Program(m0, len_q, len_k, bm, bn, stages, causal, pingpong, v_stages)
+def test_ws_forward_protocol_finishes_and_reads_the_right_stages(pingpong, v_stages, persistent):
+    """One K / V ring (v_stages 0) or split rings, with and without ping-pong, one tile per program or
+    several (persistent: 2-6 tiles, the Q tile reloaded between them)."""
+    rng = random.Random(1234 + pingpong + 10 * v_stages + 100 * persistent)
+    for tiles, bm, bn, stages, causal in _random_programs(rng, 250, max_tiles=6 if persistent else 1):
+        if persistent and len(tiles) == 1:
+            tiles = tiles * 2
+        prog = Program(tiles, bm, bn, stages, causal, pingpong, v_stages)
         prog.run(rng)
-        for wg in (0, 1):  # S_j (K_j) of every own block, then P_j V_j
-            n = prog.blocks[wg]
-            assert sorted(prog.reads[wg]) == sorted(
-                [*(("K", j) for j in range(n)), *(("V", j) for j in range(n))]
-            )
+        it0, t0, expected_reads, expected_turns = 0, 0, {0: [], 1: []}, []
+        for blocks in prog.tiles:  # S_j (K_j) of every own block, then P_j V_j; turns in strict alternation
+            for wg in (0, 1):
+                own = range(it0, it0 + blocks[wg])
+                expected_reads[wg] += [*(("K", it) for it in own), *(("V", it) for it in own)]
+            expected_turns += [(wg, t0 + t) for t in range(max(blocks) + 1) for wg in (0, 1)]
+            it0, t0 = it0 + max(blocks), t0 + max(blocks) + 1
+        for wg in (0, 1):
+            assert sorted(prog.reads[wg]) == sorted(expected_reads[wg])
         if pingpong:
-            turns = prog.n_total + 1
-            assert prog.issues == [(wg, t) for t in range(turns) for wg in (0, 1)]
+            assert prog.issues == expected_turns
 
 
 def test_the_model_catches_a_deadlocking_release_order():
@@ -218,7 +278,7 @@ def test_the_model_catches_a_deadlocking_release_order():
                 yield from self._await_turn(wg, t)
                 self.turn[1 - wg].arrive()
 
-    prog = ReleaseFirst(0, 64, 640, 64, 64, 2, False, True)  # the second consumer's rows are padding
+    prog = ReleaseFirst([(0, 64, 640)], 64, 64, 2, False, True)  # the second consumer's rows are padding
     with pytest.raises(AssertionError, match="deadlock"):
         prog.run(random.Random(0))
 

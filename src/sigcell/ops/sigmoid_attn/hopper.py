@@ -75,6 +75,26 @@ def _program(
     i_bh = gl.program_id(1)
     if LAST_FIRST:
         i_blk = gl.num_programs(0) - 1 - i_blk
+    i_b, i_h, start_q, len_q, start_k, len_k, store_rows = _sequence(
+        i_bh, START_Q, LEN_Q, START_K, LEN_K, rows, HEADS, KEYS, STORE_ALL_ROWS
+    )
+    return i_blk, i_bh, i_b, i_h, start_q, len_q, start_k, len_k, store_rows
+
+
+@gluon.jit
+def _sequence(
+    i_bh,
+    START_Q,
+    LEN_Q,
+    START_K,
+    LEN_K,
+    rows,
+    HEADS: gl.constexpr,
+    KEYS: gl.constexpr,
+    STORE_ALL_ROWS: gl.constexpr,
+):
+    """The sequence and head of (sequence, head) index ``i_bh``, the sequence's first rows and lengths,
+    and the rows outputs cover (see :func:`_program`)."""
     i_b = i_bh // HEADS
     i_h = i_bh % HEADS
     start_q = gl.load(START_Q + i_b)
@@ -86,7 +106,7 @@ def _program(
         store_rows = len_k
     if STORE_ALL_ROWS:
         store_rows = rows
-    return i_blk, i_bh, i_b, i_h, start_q, len_q, start_k, len_k, store_rows
+    return i_b, i_h, start_q, len_q, start_k, len_k, store_rows
 
 
 @gluon.jit

@@ -50,6 +50,7 @@ from sigcell.ops.sigmoid_attn.hopper import (
     _mma_layout,
     _p_block,
     _program,
+    _sequence,
     _store_rows,
     _zero_rows_past,
 )
@@ -264,7 +265,7 @@ def _consumer_tile(
     acc = gl.zeros([BM, D], gl.float32, o_layout)
     if n_blocks > 0:
         s_zero = gl.zeros([BM, BN], gl.float32, s_layout)
-        mbarrier.wait(q_bar, q_phase)
+        mbarrier.wait(q_bar, q_phase & 1)
         mbarrier.wait(k_ready.index(it0 % KS), (it0 // KS) & 1)
         if PINGPONG:
             _await_turn(turn, t0, WG)
@@ -308,7 +309,7 @@ def _consumer_tile(
         mbarrier.arrive(v_empty.index((it0 + last) % VS), count=1)
     elif PERSISTENT and not SPLIT_KV:  # noqa: SIM102 (constexpr branch around a runtime one)
         if n_total > 0:  # no key blocks: the Q tile was loaded (the tile has some), unread
-            mbarrier.wait(q_bar, q_phase)
+            mbarrier.wait(q_bar, q_phase & 1)
             mbarrier.arrive(q_empty, count=1)
     if PINGPONG:
         # Idle turns n_blocks + 1 .. n_total (all of them without key blocks); turn t releases the other
@@ -327,7 +328,7 @@ def _consumer_tile(
         # had no key blocks) instead of a layout-conversion scratch buffer: the split rings' stages need
         # that shared memory (D256 with 64-key blocks: 224 KB of Q, K and V).
         if n_total > 0:
-            mbarrier.wait(q_bar, q_phase)
+            mbarrier.wait(q_bar, q_phase & 1)
         q_tile.store(out)
         gl.thread_barrier()
         out = q_tile.load(gl.BlockedLayout([1, 8], [32 // (D // 8), D // 8], [num_warps, 1], [1, 0]))
@@ -489,6 +490,192 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
         mbarrier.invalidate(turn.index(1))
 
 
+# ----------------------------------------------------------------------------------------------------
+# Persistent variant (opt-in, SIGCELL_HOPPER_WS_PERSISTENT_DIMS): one program per SM walks many tiles
+# ----------------------------------------------------------------------------------------------------
+
+
+@gluon.jit
+def _tile_at(
+    i_blk, i_bh, START_Q, LEN_Q, START_K, LEN_K, BIAS, KEY_BIAS, rows_q, rows_k, stride_kbb, stride_kbt,
+    H: gl.constexpr, GROUP: gl.constexpr, CAUSAL: gl.constexpr, STORE_ALL_ROWS: gl.constexpr,
+    BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
+):  # fmt: skip
+    """What sigmoid_attn_fwd_hopper_ws_kernel derives from its program ids, for tile (``i_blk``,
+    ``i_bh``): its first query row, the sequence's lengths, the rows to store, the key blocks the tile
+    streams, TMA rows / columns, the halved head bias and the key-bias row."""
+    i_b, i_h, start_q, len_q, start_k, len_k, store_rows = _sequence(
+        i_bh, START_Q, LEN_Q, START_K, LEN_K, rows_q, H, False, STORE_ALL_ROWS
+    )
+    m0 = i_blk * 2 * BM
+    n_total = _two_consumer_blocks(m0, len_q, len_k, BM, BN, CAUSAL)
+    row_q = i_b * rows_q + start_q + m0
+    row_k = i_b * rows_k + start_k
+    col_k = (i_h // GROUP) * D
+    bias_half = 0.5 * gl.load(BIAS + i_bh)
+    kb_base = KEY_BIAS + i_b * stride_kbb + start_k * stride_kbt
+    out_row0 = i_b * rows_q + start_q
+    out_col = i_h * D
+    return m0, len_q, len_k, store_rows, n_total, row_q, row_k, col_k, bias_half, kb_base, out_row0, out_col
+
+
+@gluon.jit
+def _pair_tile(u, half, tiles_m):
+    """Tile ``half`` (0 or 1) of tile pair ``u``: pair ``i`` of a (sequence, head) holds row blocks ``i``
+    and ``tiles_m - 1 - i``, so that under a causal mask every pair costs about the same (the middle
+    block of an odd count pairs with itself: its second tile is not valid)."""
+    per_bh = (tiles_m + 1) // 2
+    i_bh = u // per_bh
+    i = u % per_bh
+    i_blk = gl.where(half == 0, i, tiles_m - 1 - i)
+    valid = (half == 0) | (i_blk != i)
+    return i_blk, i_bh, valid
+
+
+@gluon.jit
+def _persistent_part(
+    WG: gl.constexpr, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, k_empty,
+    v_ready, v_empty, turn, O, BIAS, KEY_BIAS, START_Q, LEN_Q, START_K, LEN_K, rows_q, rows_k, stride_ot,
+    stride_kbb, stride_kbt, scale_half, tiles_m, n_bh, H: gl.constexpr, GROUP: gl.constexpr,
+    CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr, STORE_ALL_ROWS: gl.constexpr, PINGPONG: gl.constexpr,
+    SPLIT_KV: gl.constexpr, PRODUCER: gl.constexpr,
+):  # fmt: skip
+    """One partition of a persistent program (the producer, or consumer ``WG``): the program's tile
+    pairs ``program_id, program_id + num_programs, ...`` in order, each tile through
+    :func:`_loader_tile` / :func:`_consumer_tile`. Every partition walks the same tiles and derives the
+    same key-block counts, so ring iterations (``it0``), ping-pong turns (``t0``) and Q loads
+    (``q_phase``: tiles with key blocks so far) stay in step without any exchange."""
+    BM: gl.constexpr = q_smem.shape[1]
+    D: gl.constexpr = q_smem.shape[2]
+    BN: gl.constexpr = k_smem.shape[1]
+    it0 = 0
+    t0 = 0
+    q_phase = 0
+    n_pairs = n_bh * ((tiles_m + 1) // 2)
+    for u in range(gl.program_id(0), n_pairs, gl.num_programs(0)):
+        for half in range(2):
+            i_blk, i_bh, valid = _pair_tile(u, half, tiles_m)
+            if valid:
+                (m0, len_q, len_k, store_rows, n_total, row_q, row_k, col_k, bias_half, kb_base, out_row0,
+                 out_col) = _tile_at(
+                    i_blk, i_bh, START_Q, LEN_Q, START_K, LEN_K, BIAS, KEY_BIAS, rows_q, rows_k, stride_kbb,
+                    stride_kbt, H, GROUP, CAUSAL, STORE_ALL_ROWS, BM, BN, D,
+                )  # fmt: skip
+                if PRODUCER:
+                    _loader_tile(
+                        q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_phase, q_empty, k_ready,
+                        k_empty, v_ready, v_empty, it0, n_total, row_q, out_col, row_k, col_k, SPLIT_KV, True,
+                    )  # fmt: skip
+                else:
+                    _consumer_tile(
+                        WG, q_smem, k_smem, v_smem, q_bar, q_phase, q_empty, k_ready, k_empty, v_ready,
+                        v_empty, turn, it0, t0, O, m0, len_q, len_k, store_rows, n_total, out_row0, out_col,
+                        stride_ot, kb_base, stride_kbt, scale_half, bias_half, CAUSAL, HAS_KEY_BIAS, PINGPONG,
+                        SPLIT_KV, True,
+                    )  # fmt: skip
+                it0 += n_total
+                t0 += n_total + 1
+                q_phase += (n_total > 0).to(gl.int32)
+
+
+@gluon.jit
+def sigmoid_attn_fwd_hopper_ws_persistent_kernel(
+    q_desc,
+    k_desc,
+    v_desc,
+    O,
+    BIAS,
+    KEY_BIAS,
+    START_Q,
+    LEN_Q,
+    START_K,
+    LEN_K,
+    rows_q,
+    rows_k,
+    stride_ot,
+    stride_kbb,
+    stride_kbt,
+    scale_half,
+    tiles_m,
+    n_bh,
+    H: gl.constexpr,
+    GROUP: gl.constexpr,
+    CAUSAL: gl.constexpr,
+    HAS_KEY_BIAS: gl.constexpr,
+    STORE_ALL_ROWS: gl.constexpr,
+    STAGES: gl.constexpr,
+    num_warps: gl.constexpr,
+    PINGPONG: gl.constexpr = False,
+    V_STAGES: gl.constexpr = 0,
+):
+    """sigmoid_attn_fwd_hopper_ws_kernel as a persistent program (launch about one per SM): it walks the
+    tiles (2 BM query rows of one sequence x head; ``tiles_m`` per sequence x head, ``n_bh`` of those) in
+    pairs balanced under a causal mask, so a tile's Q and first K / V loads overlap the previous tile's
+    last matmuls and stores, and no program pays a launch, barrier setup and pipeline fill per tile."""
+    BM: gl.constexpr = q_desc.block_type.shape[0]
+    D: gl.constexpr = q_desc.block_type.shape[1]
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    dtype: gl.constexpr = q_desc.dtype
+    SPLIT_KV: gl.constexpr = V_STAGES > 0
+
+    q_smem = gl.allocate_shared_memory(dtype, [2, BM, D], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], k_desc.layout)
+    if SPLIT_KV:
+        v_smem = gl.allocate_shared_memory(dtype, [V_STAGES, BN, D], v_desc.layout)
+    else:
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    mbarrier.init(q_empty, count=2)  # one arrival per consumer
+    k_ready, k_empty = _ring(STAGES)
+    if SPLIT_KV:
+        v_ready, v_empty = _ring(V_STAGES)
+    else:
+        v_ready = k_ready
+        v_empty = k_empty
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(turn.index(0), count=1)
+    mbarrier.init(turn.index(1), count=1)
+    fence_async_shared()
+
+    # The argument tuples are spelled out in place (see sigmoid_attn_fwd_hopper_ws_kernel).
+    gl.warp_specialize(
+        [
+            (
+                _persistent_part,
+                (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, k_empty, v_ready,
+                 v_empty, turn, O, BIAS, KEY_BIAS, START_Q, LEN_Q, START_K, LEN_K, rows_q, rows_k, stride_ot,
+                 stride_kbb, stride_kbt, scale_half, tiles_m, n_bh, H, GROUP, CAUSAL, HAS_KEY_BIAS,
+                 STORE_ALL_ROWS, PINGPONG, SPLIT_KV, False),
+            ),
+            (
+                _persistent_part,
+                (1, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, k_empty, v_ready,
+                 v_empty, turn, O, BIAS, KEY_BIAS, START_Q, LEN_Q, START_K, LEN_K, rows_q, rows_k, stride_ot,
+                 stride_kbb, stride_kbt, scale_half, tiles_m, n_bh, H, GROUP, CAUSAL, HAS_KEY_BIAS,
+                 STORE_ALL_ROWS, PINGPONG, SPLIT_KV, False),
+            ),
+            (
+                _persistent_part,
+                (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, k_empty, v_ready,
+                 v_empty, turn, O, BIAS, KEY_BIAS, START_Q, LEN_Q, START_K, LEN_K, rows_q, rows_k, stride_ot,
+                 stride_kbb, stride_kbt, scale_half, tiles_m, n_bh, H, GROUP, CAUSAL, HAS_KEY_BIAS,
+                 STORE_ALL_ROWS, PINGPONG, SPLIT_KV, True),
+            ),
+        ],
+        [CONSUMER_WARPS, 1],
+        [CONSUMER_REGS, PRODUCER_REGS],
+    )  # fmt: skip
+    mbarrier.invalidate(q_bar)
+    mbarrier.invalidate(q_empty)
+    _invalidate_ring(k_ready, k_empty)
+    if SPLIT_KV:
+        _invalidate_ring(v_ready, v_empty)
+    mbarrier.invalidate(turn.index(0))
+    mbarrier.invalidate(turn.index(1))
+
+
 @gluon.jit
 def _release(ready, empty, it, STAGES: gl.constexpr):
     """Wait for stream iteration ``it``'s stage and free it without reading it."""
@@ -513,14 +700,18 @@ def compile_ws_sm90(
     heads: int = 8,
     group: int = 1,
     pingpong: bool = False,
+    persistent: bool = False,
 ):
     """The warp-specialized forward compiled for sm_90a without a GPU; ``config`` = (query rows per
-    consumer, BN, STAGES[, V_STAGES]); ``pingpong``: the consumers alternate at issuing matmuls."""
+    consumer, BN, STAGES[, V_STAGES]); ``pingpong``: the consumers alternate at issuing matmuls;
+    ``persistent``: the persistent kernel (one program walks many tiles)."""
     from sigcell.ops.sigmoid_attn.hopper import compile_constants, compile_for_sm90, forward_args
 
     blocks = {"q_desc": config[0], "k_desc": config[1], "v_desc": config[1]}
     constants = compile_constants(config[2], CONSUMER_WARPS.value, causal, key_bias, padded, heads, group)
     constants["PINGPONG"] = pingpong
     constants["V_STAGES"] = config[3] if len(config) > 3 else 0
-    kernel = sigmoid_attn_fwd_hopper_ws_kernel
-    return compile_for_sm90(kernel, blocks, forward_args(), constants, dim, dtype, maxnreg=ws_maxnreg())
+    kernel, args = sigmoid_attn_fwd_hopper_ws_kernel, forward_args()
+    if persistent:
+        kernel, args = sigmoid_attn_fwd_hopper_ws_persistent_kernel, {**args, "tiles_m": "i32", "n_bh": "i32"}
+    return compile_for_sm90(kernel, blocks, args, constants, dim, dtype, maxnreg=ws_maxnreg())

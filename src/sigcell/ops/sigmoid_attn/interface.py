@@ -268,6 +268,8 @@ _HOPPER_WS_MIN_SPAN = {128: 2048, 256: 0}
 # Opt-in ping-pong inside the warp-specialized forward (the consumers alternate at issuing matmuls;
 # SIGCELL_HOPPER_WS_PINGPONG_DIMS, default none: not yet run on a GPU; benchmarks/NOTES.md, v20).
 _HOPPER_WS_PINGPONG_DEFAULT_DIMS = ""
+# Opt-in persistent warp-specialized forward (one program per SM walks causally balanced pairs of tiles;
+# SIGCELL_HOPPER_WS_PERSISTENT_DIMS, default none: not yet run on a GPU; NOTES.md, v22).
 # Opt-in warp-specialized backward (hopper_ws_bwd.py; SIGCELL_HOPPER_WS_BWD_DIMS, default none: not yet run
 # on a GPU). Its dQ kernel: head dim -> (query rows per consumer, BLOCK_N, stages); spill-free (ptxas).
 _HOPPER_WS_DQ_CONFIGS = {64: (64, 64, 2), 128: (64, 64, 2), 256: (64, 32, 2)}
@@ -400,6 +402,7 @@ def _hopper_forward(
     """Launch the Gluon forward (hopper.py, or the warp-specialized hopper_ws.py) into ``out``."""
     n_seq, heads = bias.shape
     dim = q.shape[-1]
+    tail = ()  # arguments after scale_half (the persistent kernel's tile counts)
     if _uses_ws_forward(dim, span):
         from sigcell.ops.sigmoid_attn import hopper_ws
 
@@ -408,15 +411,20 @@ def _hopper_forward(
         pingpong = dim in _env_dims(
             "SIGCELL_HOPPER_WS_PINGPONG_DIMS", _HOPPER_WS_PINGPONG_DEFAULT_DIMS, _HOPPER_WS_CONFIGS
         )
-        program_rows = 2 * block_m
         v_ring = v_stages[0] if v_stages else 0  # 0: one ring of K / V pairs
         options = {"maxnreg": hopper_ws.ws_maxnreg(), "PINGPONG": pingpong, "V_STAGES": v_ring}
+        grid = (_cdiv(span, 2 * block_m), n_seq * heads)
+        if dim in _env_dims("SIGCELL_HOPPER_WS_PERSISTENT_DIMS", "", _HOPPER_WS_CONFIGS):
+            kernel = hopper_ws.sigmoid_attn_fwd_hopper_ws_persistent_kernel
+            tail = grid  # tiles per (sequence, head), (sequence, head) pairs
+            pairs = (grid[0] + 1) // 2 * grid[1]
+            grid = (max(1, min(pairs, _sm_count(q.device))),)
     else:
         from sigcell.ops.sigmoid_attn.hopper import sigmoid_attn_fwd_hopper_kernel as kernel
 
         block_m, block_n, warps, stages = _config_override.get("hopper_fwd") or _HOPPER_CONFIGS[dim]
-        program_rows, options = block_m, {}
-    kernel[(_cdiv(span, program_rows), n_seq * heads)](
+        grid, options = (_cdiv(span, block_m), n_seq * heads), {}
+    kernel[grid](
         _flat_descriptor(q, block_m),
         _flat_descriptor(k, block_n),
         _flat_descriptor(v, block_n),
@@ -432,10 +440,21 @@ def _hopper_forward(
         out.stride(1),
         *_key_bias_strides(key_bias, varlen),
         0.5 * scale,
+        *tail,
         **_hopper_constants(heads, k, key_bias, causal, varlen, stages, warps),
         **options,
     )
     return out
+
+
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (the persistent kernel's program count)."""
+    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _sm_count_of(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _hopper_constants(heads, k, key_bias, causal, varlen, stages, warps) -> dict:
