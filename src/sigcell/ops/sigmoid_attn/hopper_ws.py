@@ -326,16 +326,21 @@ def _consumer_tile(
     if SPLIT_KV:
         # Stage the output in this consumer's Q tile (no longer read; wait for its load if this consumer
         # had no key blocks) instead of a layout-conversion scratch buffer: the split rings' stages need
-        # that shared memory (D256 with 64-key blocks: 224 KB of Q, K and V).
+        # that shared memory (D256 with 64-key blocks: 224 KB of Q, K and V). A tile without key blocks
+        # has no Q load to wait for, and a persistent program's producer may already be loading the next
+        # tile's Q into that buffer: its output (zeros) is made in the store layout instead.
+        rows_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (D // 8), D // 8], [num_warps, 1], [1, 0])
         if n_total > 0:
             mbarrier.wait(q_bar, q_phase & 1)
-        q_tile.store(out)
-        gl.thread_barrier()
-        out = q_tile.load(gl.BlockedLayout([1, 8], [32 // (D // 8), D // 8], [num_warps, 1], [1, 0]))
-        if PERSISTENT:  # noqa: SIM102 (constexpr branch around a runtime one)
-            if n_total > 0:  # the staged output is read back: the Q tile is free
+            q_tile.store(out)
+            gl.thread_barrier()
+            staged = q_tile.load(rows_layout)
+            if PERSISTENT:  # the staged output is read back: the Q tile is free
                 gl.thread_barrier()
                 mbarrier.arrive(q_empty, count=1)
+        else:
+            staged = gl.zeros([BM, D], dtype, rows_layout)
+        out = staged
     seq = out_row0.to(gl.int64) * stride_ot + out_col
     _store_rows(O + seq, mine, stride_ot, out, store_rows, len_q, num_warps)
 
