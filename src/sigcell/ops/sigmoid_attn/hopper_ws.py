@@ -336,6 +336,7 @@ def _consumer_tile(
             gl.thread_barrier()
             staged = q_tile.load(rows_layout)
             if PERSISTENT:  # the staged output is read back: the Q tile is free
+                fence_async_shared()  # generic-proxy accesses before the next tile's TMA load of Q
                 gl.thread_barrier()
                 mbarrier.arrive(q_empty, count=1)
         else:
