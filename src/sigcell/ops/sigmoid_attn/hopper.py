@@ -71,14 +71,21 @@ def _program(
     longest causal programs start first), (sequence, head) index of axis 1 over ``HEADS`` heads, the
     sequence and head, the sequence's first rows and lengths, and the rows its outputs cover (the
     sequence's queries, or keys when KEYS; every one of ``rows`` slots of the padded layout)."""
-    i_blk = gl.program_id(0)
-    i_bh = gl.program_id(1)
-    if LAST_FIRST:
-        i_blk = gl.num_programs(0) - 1 - i_blk
+    i_blk, i_bh = _program_ids(LAST_FIRST)
     i_b, i_h, start_q, len_q, start_k, len_k, store_rows = _sequence(
         i_bh, START_Q, LEN_Q, START_K, LEN_K, rows, HEADS, KEYS, STORE_ALL_ROWS
     )
     return i_blk, i_bh, i_b, i_h, start_q, len_q, start_k, len_k, store_rows
+
+
+@gluon.jit
+def _program_ids(LAST_FIRST: gl.constexpr):
+    """(block index, (sequence, head) index) of this program: grid axes 0 and 1, the block counted from
+    the end when LAST_FIRST (the longest causal programs start first)."""
+    i_blk = gl.program_id(0)
+    if LAST_FIRST:
+        i_blk = gl.num_programs(0) - 1 - i_blk
+    return i_blk, gl.program_id(1)
 
 
 @gluon.jit

@@ -49,7 +49,7 @@ from sigcell.ops.sigmoid_attn.hopper import (
     _key_blocks,
     _mma_layout,
     _p_block,
-    _program,
+    _program_ids,
     _sequence,
     _store_rows,
     _zero_rows_past,
@@ -418,46 +418,20 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
     BM: gl.constexpr = q_desc.block_type.shape[0]
     D: gl.constexpr = q_desc.block_type.shape[1]
     BN: gl.constexpr = k_desc.block_type.shape[0]
-    dtype: gl.constexpr = q_desc.dtype
 
-    i_m, i_bh, i_b, i_h, start_q, len_q, start_k, len_k, store_rows = _program(
-        START_Q, LEN_Q, START_K, LEN_K, rows_q, H, CAUSAL, False, STORE_ALL_ROWS
-    )
-    m0 = i_m * 2 * BM
+    i_m, i_bh = _program_ids(CAUSAL)
     # No early return for programs past the rows to store (it would skip the warp-specialized region
     # that the worker warps wait for): their key loops are empty and their stores masked.
-    n_total = _two_consumer_blocks(m0, len_q, len_k, BM, BN, CAUSAL)
-
-    q_smem = gl.allocate_shared_memory(dtype, [2, BM, D], q_desc.layout)
+    (m0, len_q, len_k, store_rows, n_total, row_q, row_k, col_k, bias_half, kb_base, out_row0,
+     out_col) = _tile_at(
+        i_m, i_bh, START_Q, LEN_Q, START_K, LEN_K, BIAS, KEY_BIAS, rows_q, rows_k, stride_kbb, stride_kbt, H,
+        GROUP, CAUSAL, STORE_ALL_ROWS, BM, BN, D,
+    )  # fmt: skip
     SPLIT_KV: gl.constexpr = V_STAGES > 0
-    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], k_desc.layout)
-    if SPLIT_KV:
-        v_smem = gl.allocate_shared_memory(dtype, [V_STAGES, BN, D], v_desc.layout)
-    else:
-        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], v_desc.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    k_ready, k_empty = _ring(STAGES)
-    if SPLIT_KV:
-        v_ready, v_empty = _ring(V_STAGES)
-    else:  # one ring: a stage holds K_j and V_j
-        v_ready = k_ready
-        v_empty = k_empty
-    if PINGPONG:
-        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(turn.index(0), count=1)
-        mbarrier.init(turn.index(1), count=1)
-    else:
-        turn = k_empty  # not used
-    fence_async_shared()
+    q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, k_empty, v_ready, v_empty, turn = _ws_buffers(
+        q_desc, k_desc, v_desc, STAGES, V_STAGES, PINGPONG, False
+    )
 
-    row_q = i_b * rows_q + start_q + m0
-    row_k = i_b * rows_k + start_k
-    col_k = (i_h // GROUP) * D
-    bias_half = 0.5 * gl.load(BIAS + i_bh)
-    kb_base = KEY_BIAS + i_b * stride_kbb + start_k * stride_kbt
-    out_row0 = i_b * rows_q + start_q
-    out_col = i_h * D
     # The argument tuples are spelled out in place: a tuple built in a variable first turns the
     # constexpr flags (CAUSAL, HAS_KEY_BIAS) into runtime booleans (Triton 3.6).
     gl.warp_specialize(
@@ -487,7 +461,62 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
         [CONSUMER_WARPS, 1],
         [CONSUMER_REGS, PRODUCER_REGS],
     )  # fmt: skip
+    _invalidate_ws_buffers(
+        q_bar, q_empty, k_ready, k_empty, v_ready, v_empty, turn, SPLIT_KV, PINGPONG, False
+    )
+
+
+@gluon.jit
+def _ws_buffers(
+    q_desc, k_desc, v_desc, STAGES: gl.constexpr, V_STAGES: gl.constexpr, PINGPONG: gl.constexpr,
+    PERSISTENT: gl.constexpr,
+):  # fmt: skip
+    """Shared memory and barriers of a warp-specialized forward program, initialized: both consumers' Q
+    tiles and ``q_bar``; ``q_empty`` (PERSISTENT; else ``q_bar`` stands in); the K / V ring(s)
+    (``v_*`` are the ``k_*`` ones without split rings, V_STAGES 0); the ping-pong ``turn`` barriers
+    (PINGPONG; else ``k_empty`` stands in)."""
+    BM: gl.constexpr = q_desc.block_type.shape[0]
+    D: gl.constexpr = q_desc.block_type.shape[1]
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    dtype: gl.constexpr = q_desc.dtype
+    q_smem = gl.allocate_shared_memory(dtype, [2, BM, D], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], k_desc.layout)
+    if V_STAGES > 0:
+        v_smem = gl.allocate_shared_memory(dtype, [V_STAGES, BN, D], v_desc.layout)
+    else:
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    if PERSISTENT:
+        q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_empty, count=2)  # one arrival per consumer
+    else:
+        q_empty = q_bar  # not used
+    k_ready, k_empty = _ring(STAGES)
+    if V_STAGES > 0:
+        v_ready, v_empty = _ring(V_STAGES)
+    else:  # one ring: a stage holds K_j and V_j
+        v_ready = k_ready
+        v_empty = k_empty
+    if PINGPONG:
+        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(turn.index(0), count=1)
+        mbarrier.init(turn.index(1), count=1)
+    else:
+        turn = k_empty  # not used
+    fence_async_shared()
+    return q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, k_empty, v_ready, v_empty, turn
+
+
+@gluon.jit
+def _invalidate_ws_buffers(
+    q_bar, q_empty, k_ready, k_empty, v_ready, v_empty, turn, SPLIT_KV: gl.constexpr, PINGPONG: gl.constexpr,
+    PERSISTENT: gl.constexpr,
+):  # fmt: skip
+    """Invalidate the barriers :func:`_ws_buffers` initialized."""
     mbarrier.invalidate(q_bar)
+    if PERSISTENT:
+        mbarrier.invalidate(q_empty)
     _invalidate_ring(k_ready, k_empty)
     if SPLIT_KV:
         _invalidate_ring(v_ready, v_empty)
@@ -618,32 +647,10 @@ def sigmoid_attn_fwd_hopper_ws_persistent_kernel(
     tiles (2 BM query rows of one sequence x head; ``tiles_m`` per sequence x head, ``n_bh`` of those) in
     pairs balanced under a causal mask, so a tile's Q and first K / V loads overlap the previous tile's
     last matmuls and stores, and no program pays a launch, barrier setup and pipeline fill per tile."""
-    BM: gl.constexpr = q_desc.block_type.shape[0]
-    D: gl.constexpr = q_desc.block_type.shape[1]
-    BN: gl.constexpr = k_desc.block_type.shape[0]
-    dtype: gl.constexpr = q_desc.dtype
     SPLIT_KV: gl.constexpr = V_STAGES > 0
-
-    q_smem = gl.allocate_shared_memory(dtype, [2, BM, D], q_desc.layout)
-    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], k_desc.layout)
-    if SPLIT_KV:
-        v_smem = gl.allocate_shared_memory(dtype, [V_STAGES, BN, D], v_desc.layout)
-    else:
-        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], v_desc.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    mbarrier.init(q_empty, count=2)  # one arrival per consumer
-    k_ready, k_empty = _ring(STAGES)
-    if SPLIT_KV:
-        v_ready, v_empty = _ring(V_STAGES)
-    else:
-        v_ready = k_ready
-        v_empty = k_empty
-    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(turn.index(0), count=1)
-    mbarrier.init(turn.index(1), count=1)
-    fence_async_shared()
+    q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, k_empty, v_ready, v_empty, turn = _ws_buffers(
+        q_desc, k_desc, v_desc, STAGES, V_STAGES, PINGPONG, True
+    )
 
     # The argument tuples are spelled out in place (see sigmoid_attn_fwd_hopper_ws_kernel).
     gl.warp_specialize(
@@ -673,13 +680,7 @@ def sigmoid_attn_fwd_hopper_ws_persistent_kernel(
         [CONSUMER_WARPS, 1],
         [CONSUMER_REGS, PRODUCER_REGS],
     )  # fmt: skip
-    mbarrier.invalidate(q_bar)
-    mbarrier.invalidate(q_empty)
-    _invalidate_ring(k_ready, k_empty)
-    if SPLIT_KV:
-        _invalidate_ring(v_ready, v_empty)
-    mbarrier.invalidate(turn.index(0))
-    mbarrier.invalidate(turn.index(1))
+    _invalidate_ws_buffers(q_bar, q_empty, k_ready, k_empty, v_ready, v_empty, turn, SPLIT_KV, PINGPONG, True)
 
 
 @gluon.jit
