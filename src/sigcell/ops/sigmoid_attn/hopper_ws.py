@@ -211,19 +211,25 @@ def _consumer_step(
 
 
 @gluon.jit
-def _consumer(
+def _one_tile_part(
     WG: gl.constexpr, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready,
     v_empty, turn, O, KEY_BIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base,
     stride_kbt, scale_half, bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
-    PINGPONG: gl.constexpr, SPLIT_KV: gl.constexpr,
+    PINGPONG: gl.constexpr, SPLIT_KV: gl.constexpr, PRODUCER: gl.constexpr,
 ):  # fmt: skip
-    """Consumer ``WG`` (0 or 1) of a one-tile program: :func:`_consumer_tile` from ring iteration 0.
-    Every partition takes these arguments (warp_specialize wants one worker signature)."""
-    _consumer_tile(
-        WG, q_smem, k_smem, v_smem, q_bar, 0, q_bar, k_ready, k_empty, v_ready, v_empty, turn, 0, 0, O, m0,
-        len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt, scale_half,
-        bias_half, CAUSAL, HAS_KEY_BIAS, PINGPONG, SPLIT_KV, False,
-    )  # fmt: skip
+    """One partition of a one-tile program (warp_specialize wants one signature for all of them): the
+    producer (:func:`_loader_tile`) or consumer ``WG`` (:func:`_consumer_tile`), from ring iteration 0."""
+    if PRODUCER:
+        _loader_tile(
+            q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, 0, q_bar, k_ready, k_empty, v_ready,
+            v_empty, 0, n_total, row_q, out_col, row_k, col_k, SPLIT_KV, False,
+        )  # fmt: skip
+    else:
+        _consumer_tile(
+            WG, q_smem, k_smem, v_smem, q_bar, 0, q_bar, k_ready, k_empty, v_ready, v_empty, turn, 0, 0, O,
+            m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base, stride_kbt,
+            scale_half, bias_half, CAUSAL, HAS_KEY_BIAS, PINGPONG, SPLIT_KV, False,
+        )  # fmt: skip
 
 
 @gluon.jit
@@ -347,20 +353,6 @@ def _consumer_tile(
 
 
 @gluon.jit
-def _loader(
-    WG: gl.constexpr, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready,
-    v_empty, turn, O, KEY_BIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col, stride_ot, kb_base,
-    stride_kbt, scale_half, bias_half, row_q, row_k, col_k, CAUSAL: gl.constexpr, HAS_KEY_BIAS: gl.constexpr,
-    PINGPONG: gl.constexpr, SPLIT_KV: gl.constexpr,
-):  # fmt: skip
-    """The producer of a one-tile program: :func:`_loader_tile` from ring iteration 0."""
-    _loader_tile(
-        q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, 0, q_bar, k_ready, k_empty, v_ready, v_empty,
-        0, n_total, row_q, out_col, row_k, col_k, SPLIT_KV, False,
-    )  # fmt: skip
-
-
-@gluon.jit
 def _loader_tile(
     q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_phase, q_empty, k_ready, k_empty, v_ready,
     v_empty, it0, n_total, row_q, col_q, row_k, col_k, SPLIT_KV: gl.constexpr, PERSISTENT: gl.constexpr,
@@ -413,7 +405,7 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
 ):
     """One program per (2 BM query rows, sequence x head); arguments as hopper.sigmoid_attn_fwd_hopper_kernel
     (``num_warps`` = 4: the first consumer; the second consumer and the producer are extra warps);
-    PINGPONG: the consumers alternate at issuing matmuls (opt-in, see :func:`_consumer`). V_STAGES > 0:
+    PINGPONG: the consumers alternate at issuing matmuls (opt-in, see :func:`_consumer_tile`). V_STAGES > 0:
     V blocks get their own ring of that many stages and K keeps ``STAGES`` (0: one ring of K / V pairs)."""
     BM: gl.constexpr = q_desc.block_type.shape[0]
     D: gl.constexpr = q_desc.block_type.shape[1]
@@ -437,25 +429,25 @@ def sigmoid_attn_fwd_hopper_ws_kernel(
     gl.warp_specialize(
         [
             (
-                _consumer,
+                _one_tile_part,
                 (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready,
                  v_empty, turn, O, KEY_BIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col,
                  stride_ot, kb_base, stride_kbt, scale_half, bias_half, row_q, row_k, col_k, CAUSAL,
-                 HAS_KEY_BIAS, PINGPONG, SPLIT_KV),
+                 HAS_KEY_BIAS, PINGPONG, SPLIT_KV, False),
             ),
             (
-                _consumer,
+                _one_tile_part,
                 (1, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready,
                  v_empty, turn, O, KEY_BIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col,
                  stride_ot, kb_base, stride_kbt, scale_half, bias_half, row_q, row_k, col_k, CAUSAL,
-                 HAS_KEY_BIAS, PINGPONG, SPLIT_KV),
+                 HAS_KEY_BIAS, PINGPONG, SPLIT_KV, False),
             ),
             (
-                _loader,
+                _one_tile_part,
                 (0, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready,
                  v_empty, turn, O, KEY_BIAS, m0, len_q, len_k, store_rows, n_total, out_row0, out_col,
                  stride_ot, kb_base, stride_kbt, scale_half, bias_half, row_q, row_k, col_k, CAUSAL,
-                 HAS_KEY_BIAS, PINGPONG, SPLIT_KV),
+                 HAS_KEY_BIAS, PINGPONG, SPLIT_KV, True),
             ),
         ],
         [CONSUMER_WARPS, 1],
