@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import random
 import resource
@@ -372,7 +373,12 @@ def pretrain(config: TrainConfig, *, resume: bool = False, until: int | None = N
     owns_group = not parallel.is_initialized()
     trainer = Trainer(config, resume=resume)
     result = trainer.fit(until)
-    if owns_group:  # without this, gloo's threads may outlive the interpreter and abort the process
+    if owns_group and parallel.is_initialized():
+        # Tear the group down here, once every rank is done with it and nothing (DDP's reducer, FSDP's
+        # state) holds it any more: left to interpreter exit, gloo's threads may outlive Python and
+        # abort the process.
         parallel.barrier()
+        del trainer
+        gc.collect()
         parallel.shutdown()
     return result
