@@ -73,7 +73,8 @@ def _descendants(pid: int) -> list[int]:
     """Ids of the processes below ``pid``, nearest first (read from /proc; torchrun puts each worker in
     a session of its own, so a process group would miss them)."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
