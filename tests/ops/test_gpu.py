@@ -86,6 +86,16 @@ def test_hopper_forward_matches_reference(dtype, causal, layout, heads, dim, key
     assert _all_ran(calls), f"a Gluon kernel did not run: {calls}"
 
 
+def _hopper_case(seed: int, index: int, causal: bool, layout: str, dim: int):
+    """Case ``index`` of a Gluon-kernel grid: 3 sequences of about 700 tokens, 4 query / 2 KV heads, bias
+    mode and key bias rotated with the index (no ALiBi, which the Gluon kernels do not take)."""
+    return make_case(
+        seed + index, layout=layout, batch=3, lq=700 if causal else 731, lk=731 if causal else 677,
+        heads=4, kv_heads=2, dim=dim, causal=causal, key_bias=bool(index % 2),
+        bias_mode=("none", "float", "tensor")[index % 3], device="cuda",
+    )
+
+
 HOPPER_D256_GRID = list(itertools.product(["bf16", "fp16"], [False, True], ["padded", "varlen"]))
 
 
@@ -94,11 +104,7 @@ def test_hopper_forward_d256_matches_reference(dtype, causal, layout, monkeypatc
     """The Gluon kernels at D256 (dK and dV in separate launches of the dK / dV kernel)."""
     calls = _hopper_calls(monkeypatch)
     index = HOPPER_D256_GRID.index((dtype, causal, layout))
-    case = make_case(
-        8400 + index, layout=layout, batch=3, lq=700 if causal else 731, lk=731 if causal else 677,
-        heads=4, kv_heads=2, dim=256, causal=causal, key_bias=bool(index % 2),
-        bias_mode=("none", "float", "tensor")[index % 3], device="cuda",
-    )
+    case = _hopper_case(8400, index, causal, layout, 256)
     _check(case, DTYPES[dtype])
     assert _all_ran(calls), f"a Gluon kernel did not run: {calls}"
 
@@ -152,11 +158,7 @@ def test_hopper_ws_forward_matches_reference(dtype, causal, layout, dim, variant
     calls = _hopper_calls(monkeypatch)
     _ws_variant(variant, dim, monkeypatch)
     index = WS_GRID.index((dtype, causal, layout, dim))
-    case = make_case(
-        8700 + index + 25 * WS_VARIANTS.index(variant), layout=layout, batch=3, lq=700 if causal else 731,
-        lk=731 if causal else 677, heads=4, kv_heads=2, dim=dim, causal=causal, key_bias=bool(index % 2),
-        bias_mode=("none", "float", "tensor")[index % 3], device="cuda",
-    )
+    case = _hopper_case(8700 + 25 * WS_VARIANTS.index(variant), index, causal, layout, dim)
     _check(case, DTYPES[dtype])
     assert calls["forward"], calls
 
@@ -167,11 +169,7 @@ def test_hopper_ws_backward_matches_reference(dtype, causal, layout, dim, monkey
     calls = _hopper_calls(monkeypatch)
     monkeypatch.setenv("SIGCELL_HOPPER_WS_BWD_DIMS", "64,128,256")
     index = WS_GRID.index((dtype, causal, layout, dim))
-    case = make_case(
-        8900 + index, layout=layout, batch=3, lq=700 if causal else 731, lk=731 if causal else 677,
-        heads=4, kv_heads=2, dim=dim, causal=causal, key_bias=bool(index % 2),
-        bias_mode=("none", "float", "tensor")[index % 3], device="cuda",
-    )
+    case = _hopper_case(8900, index, causal, layout, dim)
     _check(case, DTYPES[dtype])
     assert calls["dq"] and calls["dkdv"], calls
 

@@ -270,6 +270,7 @@ _HOPPER_WS_MIN_SPAN = {128: 2048, 256: 0}
 _HOPPER_WS_PINGPONG_DEFAULT_DIMS = ""
 # Opt-in persistent warp-specialized forward (one program per SM walks causally balanced pairs of tiles;
 # SIGCELL_HOPPER_WS_PERSISTENT_DIMS, default none: not yet run on a GPU; NOTES.md, v22).
+_HOPPER_WS_PERSISTENT_DEFAULT_DIMS = ""
 # Opt-in warp-specialized backward (hopper_ws_bwd.py; SIGCELL_HOPPER_WS_BWD_DIMS, default none: not yet run
 # on a GPU). Its dQ kernel: head dim -> (query rows per consumer, BLOCK_N, stages); spill-free (ptxas).
 _HOPPER_WS_DQ_CONFIGS = {64: (64, 64, 2), 128: (64, 64, 2), 256: (64, 32, 2)}
@@ -414,7 +415,10 @@ def _hopper_forward(
         v_ring = v_stages[0] if v_stages else 0  # 0: one ring of K / V pairs
         options = {"maxnreg": hopper_ws.ws_maxnreg(), "PINGPONG": pingpong, "V_STAGES": v_ring}
         grid = (_cdiv(span, 2 * block_m), n_seq * heads)
-        if dim in _env_dims("SIGCELL_HOPPER_WS_PERSISTENT_DIMS", "", _HOPPER_WS_CONFIGS):
+        persistent = _env_dims(
+            "SIGCELL_HOPPER_WS_PERSISTENT_DIMS", _HOPPER_WS_PERSISTENT_DEFAULT_DIMS, _HOPPER_WS_CONFIGS
+        )
+        if dim in persistent:
             kernel = hopper_ws.sigmoid_attn_fwd_hopper_ws_persistent_kernel
             tail = grid  # tiles per (sequence, head), (sequence, head) pairs
             pairs = (grid[0] + 1) // 2 * grid[1]
