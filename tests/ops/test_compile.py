@@ -62,3 +62,34 @@ def test_opcheck_registrations():
     lens = torch.tensor([6, 3], dtype=torch.int32)
     args = (q, k, v, bias, key_bias, None, zeros, lens, zeros, lens, 0.35, True, False, 6, 6, False)
     torch.library.opcheck(_sigmoid_attn_fwd, args)
+
+
+def test_traced_path_makes_no_cuda_queries():
+    """The per-call caches must not ask CUDA anything while torch.compile traces (the stream-capture
+    query broke the graph at every attention call of a CUDA model)."""
+    from sigcell.ops.sigmoid_attn import interface
+
+    def fn(x):
+        const = interface._cached(("compile-probe", 3), torch.device("cuda"), lambda: torch.ones(3))
+        derived = interface._derived_from(x, ("compile-probe",), lambda: x * 2)
+        return x + const + derived
+
+    explained = torch._dynamo.explain(fn)(torch.randn(3))
+    assert explained.graph_break_count == 0, [r.reason for r in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+def test_packed_positions_trace_without_breaks_and_match_a_loop():
+    from sigcell.ops.padding import packed_positions
+
+    gen = torch.Generator().manual_seed(7)
+    lengths = torch.randint(0, 6, (9,), generator=gen, dtype=torch.int32)
+    lengths[[0, 4]] = 0  # empty sequences at the start and in the middle
+    cu = cu_seqlens_from_lengths(lengths)
+    total = int(cu[-1])
+    want_seq = torch.tensor([b for b, n in enumerate(lengths.tolist()) for _ in range(n)], dtype=torch.int64)
+    want_pos = torch.tensor([i for n in lengths.tolist() for i in range(n)], dtype=torch.int64)
+    seq, pos = packed_positions(cu, total)
+    assert torch.equal(seq, want_seq) and torch.equal(pos, want_pos)
+    explained = torch._dynamo.explain(packed_positions)(cu, total)
+    assert explained.graph_break_count == 0, [r.reason for r in explained.break_reasons]

@@ -154,7 +154,7 @@ class Attention(nn.Module):
         pad = lambda t: layout.to_padded(t, width)
         out = self._sdpa_padded(pad(q), pad(k), pad(v), layout.lengths(),
                                 None if key_bias is None else pad(key_bias))
-        return layout.from_padded(out)
+        return layout.from_padded(out, q.shape[0])
 
     def _sdpa_padded(self, q, k, v, seq_lens, key_bias):
         width = q.shape[1]
@@ -189,6 +189,7 @@ class Attention(nn.Module):
     def _eager(self, q, k, v, layout: SeqLayout, key_bias):
         """Plain-PyTorch attention that materializes the probabilities (analysis, small inputs)."""
         width = q.shape[1] if not layout.packed else int(layout.max_seqlen)
+        total = q.shape[0]
         if layout.packed:
             q, k, v = (layout.to_padded(t, width) for t in (q, k, v))
             key_bias = None if key_bias is None else layout.to_padded(key_bias, width)
@@ -203,7 +204,7 @@ class Attention(nn.Module):
         group = self.n_heads // self.n_kv_heads
         vr = v.repeat_interleave(group, dim=2) if group > 1 else v
         out = torch.einsum("bhqk,bkhd->bqhd", p, vr.float()).to(q.dtype)
-        return (layout.from_padded(out) if layout.packed else out), p
+        return (layout.from_padded(out, total) if layout.packed else out), p
 
     @torch.no_grad()
     def _logit_stats(self, q, k, layout: SeqLayout, key_bias) -> torch.Tensor:

@@ -50,9 +50,12 @@ class SeqLayout:
             return x
         return unpack_to_padded(x, self.cu_seqlens, width if width is not None else int(self.max_seqlen))
 
-    def from_padded(self, x: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`to_padded`: back to this layout (drops padding when packed)."""
-        return pack_padded(x, self.cu_seqlens) if self.packed else x
+    def from_padded(self, x: torch.Tensor, total: int | None = None) -> torch.Tensor:
+        """Inverse of :meth:`to_padded`: back to this layout (drops padding when packed).
+
+        ``total``: the number of packed tokens, if known (saves a device sync, see ``pack_padded``).
+        """
+        return pack_padded(x, self.cu_seqlens, total) if self.packed else x
 
     def padded_valid(self, width: int, device: torch.device) -> torch.Tensor:
         """bool ``[B, width]``: True on the real tokens of each cell in the padded view."""

@@ -33,9 +33,13 @@ def packed_positions(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor
     -------
     (seq_idx, pos): two int64 tensors of shape ``[total]``.
     """
-    lengths = lengths_from_cu_seqlens(cu_seqlens).to(torch.int64)
-    seq_idx = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths)
-    pos = torch.arange(total, device=cu_seqlens.device) - cu_seqlens.to(torch.int64)[seq_idx]
+    # A sorted search instead of repeat_interleave: the output size is ``total``, known without reading
+    # the offsets, so there is no device sync and torch.compile sees a static shape. ``right=True``
+    # skips empty sequences (their end equals the next start).
+    offsets = cu_seqlens.to(torch.int64)
+    token = torch.arange(total, device=cu_seqlens.device)
+    seq_idx = torch.searchsorted(offsets[1:], token, right=True)
+    pos = token - offsets[seq_idx]
     return seq_idx, pos
 
 
@@ -48,11 +52,13 @@ def unpack_to_padded(x: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int) ->
     return out
 
 
-def pack_padded(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+def pack_padded(x: torch.Tensor, cu_seqlens: torch.Tensor, total: int | None = None) -> torch.Tensor:
     """Gather the valid tokens of a padded batch ``[B, L, ...]`` into a packed tensor ``[T, ...]``.
 
-    ``cu_seqlens`` (``[B + 1]``) gives the valid lengths; rows past each length are dropped.
+    ``cu_seqlens`` (``[B + 1]``) gives the valid lengths; rows past each length are dropped. ``total``
+    (``T``, if the caller knows it) saves reading ``cu_seqlens[-1]`` on the host, a device sync.
     """
-    total = int(cu_seqlens[-1].item()) if cu_seqlens.numel() else 0
+    if total is None:
+        total = int(cu_seqlens[-1].item()) if cu_seqlens.numel() else 0
     seq_idx, pos = packed_positions(cu_seqlens, total)
     return x[seq_idx, pos]

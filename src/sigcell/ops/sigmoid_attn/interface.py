@@ -902,7 +902,7 @@ def _naive_forward(
     )
     kbp = None if key_bias is None else unpack_to_padded(key_bias[0], cu_k, max_seqlen_k)
     out = naive.sigmoid_attn_forward_padded(qp, kp, vp, len_q, len_k, bias, kbp, slopes, scale, causal)
-    return pack_padded(out, cu_q).unsqueeze(0)
+    return pack_padded(out, cu_q, q.shape[1]).unsqueeze(0)
 
 
 def _naive_backward(
@@ -935,8 +935,8 @@ def _naive_backward(
     dq, dk, dv, dbias, dkb = naive.sigmoid_attn_backward_padded(
         pad_q(dout), pad_q(q), pad_k(k), pad_k(v), len_q, len_k, bias, kbp, slopes, scale, causal
     )
-    packed_q = lambda t: pack_padded(t, cu_q).unsqueeze(0)
-    packed_k = lambda t: pack_padded(t, cu_k).unsqueeze(0)
+    packed_q = lambda t: pack_padded(t, cu_q, q.shape[1]).unsqueeze(0)
+    packed_k = lambda t: pack_padded(t, cu_k, k.shape[1]).unsqueeze(0)
     dkb = None if key_bias is None else packed_k(dkb)
     return packed_q(dq), packed_k(dk), packed_k(dv), dbias, dkb
 
@@ -1469,8 +1469,8 @@ _MAX_CONSTANTS = 256
 def _cached(key: tuple, device: torch.device, make) -> torch.Tensor:
     """``make()`` (a tensor on ``device``), remembered under ``(key, device)``; not while torch.compile
     traces or a CUDA graph captures (a tensor made there belongs to the trace or to the graph's pool)."""
-    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    if torch.compiler.is_compiling() or capturing:
+    # is_compiling first: torch.compile must never see the CUDA query (a graph break per call).
+    if torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         return make()
     key = (*key, device)
     tensor = _constants.get(key)
@@ -1484,8 +1484,7 @@ def _cached(key: tuple, device: torch.device, make) -> torch.Tensor:
 def _derived_from(t: torch.Tensor, what: tuple, make) -> torch.Tensor:
     """``make()``, a tensor computed from ``t``'s values, remembered under ``what`` until ``t`` changes
     (:func:`_remember`); not while torch.compile traces or a CUDA graph captures."""
-    capturing = t.is_cuda and torch.cuda.is_current_stream_capturing()
-    if torch.compiler.is_compiling() or capturing:
+    if torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
         return make()
     value = _recall(t, what)
     if value is None:
