@@ -13,6 +13,7 @@ from typing import Any
 ATTENTIONS = ("sigmoid", "softmax")
 VALUE_ENCODINGS = ("continuous", "binned", "rank")
 POOLINGS = ("cls", "mean")
+CELL_OBJECTIVES = ("none", "mvc")
 SIGMOID_BIASES = ("neg_log_n", "learned")
 NORMS = ("layernorm", "rmsnorm")
 
@@ -54,6 +55,12 @@ class ModelConfig:
     gene_key_bias: bool = False  # learn one additive logit bias per gene id and layer (the op's key_bias)
     # Outputs -----------------------------------------------------------------------------------------
     pooling: str = "cls"  # cell embedding: "cls" (the <cls> token) or "mean" (mean over genes, no padding)
+    # Cell-level objective ----------------------------------------------------------------------------
+    # "mvc" by default: masked-expression alone gives the pooled cell embedding no loss at all (issue 17),
+    # so pretraining also predicts each masked gene's value from (cell embedding, gene embedding), in the
+    # spirit of scGPT's MVC. "none" = masked-expression only, what every run before this field did.
+    cell_objective: str = "mvc"  # "none" or "mvc" (see sigcell.model.heads.CellObjectiveHead)
+    cell_loss_weight: float = 1.0  # weight of the cell objective's per-token loss beside masked-expression
 
     def __post_init__(self) -> None:
         self.validate()
@@ -84,6 +91,7 @@ class ModelConfig:
         _choice("attention", self.attention, ATTENTIONS)
         _choice("value_encoding", self.value_encoding, VALUE_ENCODINGS)
         _choice("pooling", self.pooling, POOLINGS)
+        _choice("cell_objective", self.cell_objective, CELL_OBJECTIVES)
         _choice("sigmoid_bias", self.sigmoid_bias, SIGMOID_BIASES)
         _choice("norm", self.norm, NORMS)
         for name in ("qk_norm", "layer_scale", "gated_attention", "gene_key_bias"):
@@ -113,6 +121,10 @@ class ModelConfig:
         _finite("init_std", self.init_std, low=0.0, low_open=True)
         _finite("layer_scale_init", self.layer_scale_init, low=0.0, low_open=True)
         _finite("sigmoid_bias_init", self.sigmoid_bias_init)
+        _finite("cell_loss_weight", self.cell_loss_weight, low=0.0)
+        if self.cell_objective != "none" and self.cell_loss_weight == 0:
+            _fail(f"ModelConfig.cell_loss_weight is 0 with cell_objective {self.cell_objective!r}: the cell "
+                  "head would hold parameters that never learn; set cell_objective 'none' to switch it off")
 
     # ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -121,12 +133,27 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Build from a dict, rejecting unknown keys with the list of valid ones."""
+        """Build from a dict, rejecting unknown keys with the list of valid ones.
+
+        A partial dict (a preset, a user YAML, overrides) takes the dataclass defaults for what it leaves
+        out. A complete dump written before some fields existed (every run's ``config.yaml`` and
+        checkpoint holds all fields of its time) takes :data:`LEGACY_VALUES` for those fields instead:
+        the behaviour of the code that wrote it, so old checkpoints load with the modules they were
+        trained with (e.g. no cell-objective head).
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             _fail(f"ModelConfig: unknown field(s) {unknown}; valid fields are {sorted(known)}")
+        if set(values) >= known - set(LEGACY_VALUES):
+            values = {**{k: v for k, v in LEGACY_VALUES.items() if k not in values}, **values}
         return cls(**values)
+
+
+# Fields added after the first release, with the value that reproduces what the code did before they
+# existed; ``ModelConfig.from_dict`` applies them to complete dumps that lack them (see its docstring).
+# A new field whose default changes behaviour must be added here.
+LEGACY_VALUES: dict[str, Any] = {"cell_objective": "none", "cell_loss_weight": 1.0}
 
 
 def _fail(msg: str) -> None:

@@ -192,25 +192,28 @@ class CellEncoder(nn.Module):
         """Cell embeddings ``[B, d]`` from token states, by ``<cls>`` or by the mean over the genes.
 
         ``"mean"`` averages positions ``1 .. len - 1`` (the genes, never ``<cls>`` nor padding); a cell
-        with no gene falls back to its ``<cls>`` state.
+        with no gene falls back to its ``<cls>`` state. Every shape is static (no boolean indexing, no
+        device sync), so the pooling traces under ``torch.compile`` without graph breaks.
         """
         pooling = pooling or self.config.pooling
-        cu = layout.cu().to(torch.int64)
-        if pooling == "cls":
-            return hidden[cu[:-1]] if layout.packed else hidden[:, 0]
-        lengths = layout.lengths().to(torch.int64)
         if layout.packed:
-            seq_idx = torch.repeat_interleave(torch.arange(lengths.numel(), device=hidden.device), lengths)
-            is_gene = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
-            is_gene[cu[:-1]] = False
-            sums = torch.zeros(lengths.numel(), hidden.shape[-1], dtype=torch.float32, device=hidden.device)
-            sums.index_add_(0, seq_idx[is_gene], hidden[is_gene].float())
-            cls = hidden[cu[:-1]]
+            starts = layout.cu_seqlens[:-1].to(torch.int64)
+            cls = hidden[starts]
+        else:
+            cls = hidden[:, 0]
+        if pooling == "cls":
+            return cls
+        lengths = layout.lengths().to(device=hidden.device, dtype=torch.int64)
+        if layout.packed:
+            seq_idx, pos = packed_positions(layout.cu_seqlens, hidden.shape[0])
+            weight = (pos > 0).to(torch.float32).unsqueeze(-1)  # genes only: not <cls>
+            sums = hidden.new_zeros(lengths.numel(), hidden.shape[-1], dtype=torch.float32)
+            sums = sums.index_add(0, seq_idx, hidden.float() * weight)
         else:
             pos = torch.arange(hidden.shape[1], device=hidden.device).view(1, -1)
             is_gene = (pos >= 1) & (pos < lengths.view(-1, 1))
-            sums = (hidden.float() * is_gene.unsqueeze(-1)).sum(1)
-            cls = hidden[:, 0]
+            # where, not a product: whatever the padding rows hold (even non-finite) never reaches the mean
+            sums = torch.where(is_gene.unsqueeze(-1), hidden.float(), 0.0).sum(1)
         n_genes = (lengths - 1).clamp(min=0).unsqueeze(-1)
         mean = (sums / n_genes.clamp(min=1)).to(hidden.dtype)
         return torch.where(n_genes > 0, mean, cls)
