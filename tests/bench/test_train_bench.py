@@ -219,6 +219,33 @@ def test_cpu_run_writes_json(tmp_path, capsys):
     assert "ms per optimizer step" in printed and "issue 5 targets" in printed
 
 
+def test_cpu_run_compiled_matches_eager_without_graph_breaks(tmp_path, monkeypatch):
+    # aot_eager traces like the default backend (dynamo + AOTAutograd) without needing a C++ toolchain.
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="aot_eager", **kw))
+    cases = build_train_cases((32,), (0.25,), [], tokens=64)
+    providers = resolve_train_providers(["sigcell", "sdpa-math"], CPU)
+    cfg = TrainBenchConfig(name="t", cases=cases, providers=providers, model="tiny",
+                           model_overrides={"n_layers": 2, "d_model": 32, "d_ff": 64}, warmup=1, steps=2,
+                           precision="fp32", device="cpu", out=tmp_path / "run.json", plot=False, table=False,
+                           compile_modes=("eager", "compiled"))
+    data, _ = run_train_bench(cfg, log=lambda line: None)
+    by = {(r["provider"], r["layout"], r["compile"]): r for r in data["results"]}
+    assert set(by) == {(p, lay, m) for p, lay in (("sigcell", "padded"), ("sigcell", "packed"),
+                                                  ("sdpa-math", "padded")) for m in ("eager", "compiled")}
+    for (provider, layout, mode), r in by.items():
+        assert 0 < r["host_ms"] <= r["ms"] * 1.01 and r["gpu_busy_ms"] is None
+        if mode == "eager":
+            assert r["graphs"] is None and r["graph_breaks"] is None
+            continue
+        assert r["graphs"] >= 1 and r["graph_breaks"] == 0, (provider, layout, r["graphs"], r["graph_breaks"])
+        # same weights, batch and optimizer steps: the compiled model trains like the eager one
+        assert r["loss"] == pytest.approx(by[(provider, layout, "eager")]["loss"], rel=1e-4)
+    ratio = data["ratios"][0]
+    assert ratio["best_softmax"].startswith("sdpa-math/padded")
+    assert set(ratio["x_peers"]) >= {"sdpa-math/padded", "sdpa-math/padded/compiled"}
+
+
 # ----------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------

@@ -26,20 +26,27 @@ def first_call_ms(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def step_times_ms(fn: Callable[[], object], device: torch.device, steps: int) -> list[float]:
+def step_times_ms(fn: Callable[[], object], device: torch.device, steps: int, *,
+                  host_times: bool = False) -> list[float] | tuple[list[float], list[float]]:
     """Wall time of each of ``steps`` calls of ``fn`` in ms, the device synchronized around every call.
 
     For whole training steps (tens of ms, host work included): unlike :func:`bench_ms` the caches are not
     flushed and the host's share of a step is counted, as a training loop sees it.
+
+    ``host_times=True`` also returns, per call, the time until ``fn`` returned (before the final
+    synchronize): the host's cost of issuing the step. When it is close to the wall time the step is
+    host-bound; a device sync inside ``fn`` makes it include device time.
     """
-    times = []
+    times, host = [], []
     for _ in range(steps):
         synchronize(device)
         start = time.perf_counter()
         fn()
+        issued = time.perf_counter()
         synchronize(device)
         times.append((time.perf_counter() - start) * 1e3)
-    return times
+        host.append((issued - start) * 1e3)
+    return (times, host) if host_times else times
 
 
 def _host_median_ms(fn: Callable[[], object], warmup_ms: float, rep_ms: float, min_reps: int = 3,

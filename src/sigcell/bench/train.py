@@ -12,6 +12,7 @@ The results file is rewritten after every case, so a run stopped early keeps its
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import statistics
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from sigcell.bench.environment import collect_environment
-from sigcell.bench.timing import first_call_ms, step_times_ms
+from sigcell.bench.timing import first_call_ms, step_times_ms, synchronize
 from sigcell.bench.train_cases import LAYOUTS, TrainCase
 from sigcell.bench.train_providers import TrainProvider
 
@@ -42,6 +43,8 @@ __all__ = [
 
 SCHEMA = "sigcell.bench.train/1"
 PRECISIONS = ("bf16", "fp32")
+# How the model runs: as written ("eager") or through torch.compile (default mode: Inductor, no CUDA graphs).
+COMPILE_MODES = ("eager", "compiled")
 _UTC = timezone.utc  # noqa: UP017 (datetime.UTC needs Python 3.11; GPU machines may have older)
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 # The issue's targets (issue 5, "Benchmark (end to end)").
@@ -136,6 +139,7 @@ class TrainBenchConfig:
     warmup: int = 3  # untimed steps per measurement (after the first, timed separately as first_step_ms)
     steps: int = 10  # timed steps per measurement; the median is reported
     precision: str = "bf16"  # "bf16" autocast or "fp32"
+    compile_modes: tuple[str, ...] = ("eager",)  # each provider runs once per mode (COMPILE_MODES)
     device: str = "cuda"
     seed: int = 0
     mask_fraction: float = 0.15
@@ -151,6 +155,11 @@ class TrainBenchConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             msg = f"unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}"
+            raise ValueError(msg)
+        modes = [m for m in self.compile_modes if m not in COMPILE_MODES]
+        if modes or not self.compile_modes:
+            msg = (f"compile modes must be a non-empty subset of {list(COMPILE_MODES)}, "
+                   f"got {list(self.compile_modes)}")
             raise ValueError(msg)
         bad = [lay for lay in self.layouts if lay not in LAYOUTS]
         if bad or not self.layouts:
@@ -245,8 +254,31 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def _graph_counts() -> tuple[int, int]:
+    """(graphs compiled, graph breaks) that torch._dynamo counted since its last reset."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
+
+
+def _device_busy_ms(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Sum of the GPU kernel times of one call of ``fn`` (torch.profiler): the step's device work with
+    the host's gaps left out. None on the CPU or when the profiler records no kernel."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        synchronize(device)
+    total_us = sum(e.device_time_total for e in prof.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA)
+    return total_us / 1e3 if total_us else None
+
+
 def _measure(provider: TrainProvider, case: TrainCase, layout: str, batch, cfg: TrainBenchConfig,
-             device: torch.device) -> dict:
+             device: torch.device, mode: str = "eager") -> dict:
     from sigcell.model import MaskedExpressionModel
     from sigcell.train.config import OptimConfig
     from sigcell.train.optim import build_optimizer
@@ -255,11 +287,15 @@ def _measure(provider: TrainProvider, case: TrainCase, layout: str, batch, cfg: 
     torch.manual_seed(cfg.seed)
     model = MaskedExpressionModel(model_config).to(device)
     optimizer = build_optimizer(model, OptimConfig(), device)
+    run = model
+    if mode == "compiled":
+        torch._dynamo.reset()  # a fresh cache per measurement: counts and recompile limits are its own
+        run = torch.compile(model)
     losses: list[torch.Tensor] = []
 
     def step() -> None:
         with _autocast(device, cfg.precision):
-            out = model(batch)
+            out = run(batch)
         loss = out.loss_sum.float() / out.n_masked.clamp(min=1)
         loss.backward()
         optimizer.step()
@@ -271,12 +307,17 @@ def _measure(provider: TrainProvider, case: TrainCase, layout: str, batch, cfg: 
     try:
         with provider.patch(case, layout):
             first = first_call_ms(step, device)
+            graphs, breaks = _graph_counts() if mode == "compiled" else (None, None)
             step_times_ms(step, device, cfg.warmup)
-            times = step_times_ms(step, device, cfg.steps)
+            times, host = step_times_ms(step, device, cfg.steps, host_times=True)
+            busy = _device_busy_ms(step, device)
         ms = statistics.median(times)
         loss = float(losses[-1])
         rec = {**_case_fields(case), "provider": provider.name, "attention": provider.attention,
-               "layout": layout, "ms": round(ms, 4), "ms_min": round(min(times), 4),
+               "layout": layout, "compile": mode, "ms": round(ms, 4),
+               "host_ms": round(statistics.median(host), 4),
+               "gpu_busy_ms": None if busy is None else round(busy, 4), "graphs": graphs,
+               "graph_breaks": breaks, "ms_min": round(min(times), 4),
                "ms_max": round(max(times), 4), "first_step_ms": round(first, 2),
                "step_ms": [round(t, 3) for t in times], "steps": cfg.steps, "warmup": cfg.warmup,
                "computed_tokens": case.valid_tokens if layout == "packed" else case.padded_tokens,
@@ -307,8 +348,10 @@ def _case_fields(case: TrainCase) -> dict:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _key(rec: dict) -> str:
-    return f"{rec['provider']}/{rec['layout']}"
+def result_key(rec: dict) -> str:
+    """``provider/layout`` or ``provider/layout/compiled``: a measurement's column."""
+    mode = rec.get("compile", "eager")
+    return f"{rec['provider']}/{rec['layout']}" + ("" if mode == "eager" else f"/{mode}")
 
 
 def _round(x: float | None) -> float | None:
@@ -336,18 +379,21 @@ def ratios(results: list[dict]) -> list[dict]:
         by_case.setdefault(r["case"], []).append(r)
     out = []
     for case, rows in by_case.items():
-        sig = {r["layout"]: r for r in rows if r["provider"] == "sigcell"}
+        sig: dict[str, dict] = {}  # the faster compile mode of each layout
+        for r in rows:
+            if r["provider"] == "sigcell" and (r["layout"] not in sig or r["ms"] < sig[r["layout"]]["ms"]):
+                sig[r["layout"]] = r
         if not sig:
             continue
         best = min(sig.values(), key=lambda r: r["ms"])
         softmax = [r for r in rows if r["attention"] == "softmax"]
         masked = [r for r in softmax if r["layout"] == "padded"]
-        ts = next((r for r in rows if r["provider"] == "tritonsigmoid"), None)
-        rec: dict = {"case": case, "kind": rows[0]["kind"], "L": rows[0]["L"], "sigcell": _key(best),
+        ts = min((r for r in rows if r["provider"] == "tritonsigmoid"), key=lambda r: r["ms"], default=None)
+        rec: dict = {"case": case, "kind": rows[0]["kind"], "L": rows[0]["L"], "sigcell": result_key(best),
                      "sigcell_ms": best["ms"], "sigcell_ms_by_layout": {k: v["ms"] for k, v in sig.items()}}
         if softmax:
             top = min(softmax, key=lambda r: r["ms"])
-            rec.update(best_softmax=_key(top), best_softmax_ms=top["ms"],
+            rec.update(best_softmax=result_key(top), best_softmax_ms=top["ms"],
                        x_best_softmax=_round(best["ms"] / top["ms"]))
         if ts is not None and "padded" in sig:
             rec.update(tritonsigmoid_ms=ts["ms"], x_tritonsigmoid=_round(sig["padded"]["ms"] / ts["ms"]))
@@ -355,11 +401,11 @@ def ratios(results: list[dict]) -> list[dict]:
             tps = sig["packed"]["tokens_per_s"]
             if masked:
                 top = max(masked, key=lambda r: r["tokens_per_s"])
-                rec.update(masked_softmax=_key(top),
+                rec.update(masked_softmax=result_key(top),
                            packed_gain_vs_masked_softmax=_round(tps / top["tokens_per_s"]))
             if "padded" in sig:
                 rec["packed_gain_vs_padded_sigcell"] = _round(tps / sig["padded"]["tokens_per_s"])
-        rec["x_peers"] = {_key(r): _round(best["ms"] / r["ms"]) for r in rows if r is not best}
+        rec["x_peers"] = {result_key(r): _round(best["ms"] / r["ms"]) for r in rows if r is not best}
         out.append(rec)
     return out
 
@@ -484,7 +530,14 @@ def run_train_bench(cfg: TrainBenchConfig, log: Callable[[str], None] | None = N
             "layouts": list(cfg.layouts), "providers": [p.name for p in cfg.providers],
             "step": "forward (autocast) + masked-expression loss + backward + fused AdamW step + zero_grad; "
                     "no gradient clipping; a fresh model from the same seed per measurement",
+            "compile_modes": list(cfg.compile_modes),
             "timer": "host clock around each step, device synchronized; median of the timed steps",
+            "host_ms": "median time until the step's Python returned (before the final synchronize): the "
+                       "host's cost of issuing the step",
+            "gpu_busy_ms": "sum of the CUDA kernel times of one profiled step (torch.profiler): device work "
+                           "without the host's gaps",
+            "compiled": "torch.compile(model) (default mode); the optimizer step stays eager; graphs / "
+                        "graph_breaks are torch._dynamo's counters after the first step",
             "tokens": "tokens/s and cells/s count the cells' tokens (<cls> + genes), never padding",
             "memory": "peak torch.cuda.max_memory_allocated over the measurement (model, AdamW state, "
                       "activations)",
@@ -539,7 +592,7 @@ def run_train_bench(cfg: TrainBenchConfig, log: Callable[[str], None] | None = N
             f"({case.padded_tokens} padded)")
         for layout in layouts:
             batch = batches[layout].to(device)
-            for provider in providers:
+            for provider, mode in itertools.product(providers, modes):
                 reason = provider.skip_reason(case, layout)
                 if reason:
                     skip(provider.name, reason, case, layout)
@@ -548,7 +601,7 @@ def run_train_bench(cfg: TrainBenchConfig, log: Callable[[str], None] | None = N
                     skip(provider.name, f"time limit of {cfg.time_limit_s:g} s reached", case, layout)
                     continue
                 try:
-                    rec = _measure(provider, case, layout, batch, cfg, device)
+                    rec = _measure(provider, case, layout, batch, cfg, device, mode)
                 except _OOM as err:
                     skip(provider.name, f"out of memory: {_first_line(err)}", case, layout)
                     continue
@@ -559,15 +612,21 @@ def run_train_bench(cfg: TrainBenchConfig, log: Callable[[str], None] | None = N
                     _free(device)  # the model and its optimizer state are gone once _measure returns
                 sink.append(rec)
                 mem = f", {rec['peak_mem_gib']:.1f} GiB" if rec["peak_mem_gib"] is not None else ""
-                log(f"  {provider.name:<15} {layout:<7} {rec['ms']:>9.2f} ms/step  "
-                    f"{rec['tokens_per_s'] / 1e3:>9.1f} k tok/s  {rec['cells_per_s']:>8.2f} cells/s{mem}"
-                    f"   (first step {rec['first_step_ms']:.0f} ms)")
+                busy = f", GPU {rec['gpu_busy_ms']:.2f}" if rec["gpu_busy_ms"] is not None else ""
+                graphs = (f", {rec['graphs']} graphs / {rec['graph_breaks']} breaks"
+                          if rec["graphs"] is not None else "")
+                log(f"  {provider.name:<15} {layout:<7} {mode:<8} {rec['ms']:>9.2f} ms/step (host "
+                    f"{rec['host_ms']:.2f}{busy})  {rec['tokens_per_s'] / 1e3:>9.1f} k tok/s{mem}"
+                    f"   (first step {rec['first_step_ms']:.0f} ms{graphs})")
             del batch
             _free(device)
 
+    modes = cfg.compile_modes
     total = len(cfg.cases) + (cfg.memory_case is not None)
     if cfg.memory_case is not None:
+        modes = ("eager",)  # the memory check measures the model, not the compiler
         run_case(cfg.memory_case, ("padded",), data["memory_check"], f"[memory 1/{total}]")
+        modes = cfg.compile_modes
         for m in data["memory_check"]:
             m["fits_80gb"] = m["peak_mem_gib"] is not None and m["peak_mem_gib"] * 2**30 <= 80e9
         save()
@@ -611,7 +670,8 @@ def plan(cfg: TrainBenchConfig) -> list[tuple[TrainCase, str, TrainProvider]]:
                   if p.skip_reason(cfg.memory_case, "padded") is None]
     for case in cfg.cases:
         for layout in cfg.layouts:
-            items += [(case, layout, p) for p in cfg.providers if p.skip_reason(case, layout) is None]
+            items += [(case, layout, p) for p in cfg.providers for _ in cfg.compile_modes
+                      if p.skip_reason(case, layout) is None]
     return items
 
 

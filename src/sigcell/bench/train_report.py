@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sigcell.bench.report import import_pyplot, render_tables
+from sigcell.bench.train import result_key
 
 __all__ = ["plot_train_png", "print_train_tables", "train_tables"]
 
@@ -19,9 +20,10 @@ Table = tuple[str, list[str], list[list[str]]]
 def _columns(results: list[dict]) -> list[str]:
     """``provider/layout`` columns: sigcell first, then the other sigmoid, then softmax."""
     seen: dict[str, None] = {}
-    order = lambda r: (r["provider"] != "sigcell", r["attention"] != "sigmoid", r["layout"] != "padded")
+    order = lambda r: (r["provider"] != "sigcell", r["attention"] != "sigmoid", r["layout"] != "padded",
+                       r.get("compile", "eager") != "eager")
     for r in sorted(results, key=order):
-        seen.setdefault(f"{r['provider']}/{r['layout']}", None)
+        seen.setdefault(result_key(r), None)
     return list(seen)
 
 
@@ -29,7 +31,7 @@ def _wide(results: list[dict], value) -> tuple[list[str], list[list[str]]]:
     cols = _columns(results)
     cases: dict[str, dict[str, dict]] = {}
     for r in results:
-        cases.setdefault(r["case"], {})[f"{r['provider']}/{r['layout']}"] = r
+        cases.setdefault(r["case"], {})[result_key(r)] = r
     rows = [[case, str(next(iter(row.values()))["B"]), *(value(row[c]) if c in row else "-" for c in cols)]
             for case, row in cases.items()]
     return ["case", "cells", *cols], rows
@@ -48,13 +50,18 @@ def train_tables(data: dict) -> list[Table]:
     if results:
         header, rows = _wide(results, lambda r: f"{r['ms']:.2f}")
         tables.append((f"ms per optimizer step (median of {conf['steps']}) on {where}", header, rows))
+        if any(r.get("host_ms") is not None for r in results):
+            header, rows = _wide(results, lambda r: f"{r['host_ms']:.2f}" + (
+                f" / {r['gpu_busy_ms']:.2f}" if r.get("gpu_busy_ms") is not None else ""))
+            tables.append(("host ms to issue a step / GPU kernel ms per step (host >= GPU: host-bound)",
+                           header, rows))
         header, rows = _wide(results, lambda r: f"{r['tokens_per_s'] / 1e3:.1f}")
         tables.append(("k tokens/s (cells' tokens, padding not counted)", header, rows))
         if any(r["peak_mem_gib"] is not None for r in results):
             header, rows = _wide(results, lambda r: "-" if r["peak_mem_gib"] is None
                                  else f"{r['peak_mem_gib']:.1f}")
             tables.append(("peak memory (GiB)", header, rows))
-    rows = [[r["case"], r["sigcell"].split("/")[1], f"{r['sigcell_ms']:.2f}", r.get("best_softmax", "-"),
+    rows = [[r["case"], r["sigcell"].partition("/")[2], f"{r['sigcell_ms']:.2f}", r.get("best_softmax", "-"),
              _x(r.get("x_best_softmax")), _x(r.get("x_tritonsigmoid")),
              _x(r.get("packed_gain_vs_masked_softmax")), _x(r.get("packed_gain_vs_padded_sigcell"))]
             for r in data["ratios"]]
@@ -112,7 +119,7 @@ def plot_train_png(data: dict, path: Path) -> str | None:
         for j, col in enumerate(cols):
             xs, ys = [], []
             for g, case in enumerate(cases):
-                hit = [r for r in results if r["case"] == case and f"{r['provider']}/{r['layout']}" == col]
+                hit = [r for r in results if r["case"] == case and result_key(r) == col]
                 if hit:
                     xs.append(g - 0.4 + bar * (j + 0.5))
                     ys.append(hit[0][key] / (1e3 if key == "tokens_per_s" else 1))

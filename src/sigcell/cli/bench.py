@@ -288,6 +288,14 @@ def _layout_list(text: str) -> list[str]:
     return values
 
 
+def _compile_list(text: str) -> list[str]:
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    if not values or any(v not in ("eager", "compiled") for v in values):
+        msg = f"--compile takes eager and / or compiled, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return values
+
+
 def _assignment(text: str) -> tuple[str, object]:
     from sigcell.bench.train import _scalar
 
@@ -333,6 +341,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tritonsigmoid", metavar="PATH",
                    help="triton-sigmoid wheel or unpacked folder, if it is not installed (default: "
                         "$SIGCELL_BENCH_TRITONSIGMOID, then .whl/triton_sigmoid-*.whl)")
+    p.add_argument("--compile", type=_compile_list, metavar="eager,compiled",
+                   help="run each provider as written and / or under torch.compile (default: both on a GPU, "
+                        "eager on the CPU)")
     p.add_argument("--steps", type=int, help="timed optimizer steps per measurement (median reported)")
     p.add_argument("--warmup", type=int, help="untimed steps before them (after the first step)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
@@ -391,6 +402,7 @@ def train_config_from_args(args: argparse.Namespace, argv: list[str] | None = No
                                                                                         preset.layouts),
         warmup=preset.warmup if args.warmup is None else args.warmup,
         steps=preset.steps if args.steps is None else args.steps, precision=precision, device=device,
+        compile_modes=tuple(args.compile or (("eager", "compiled") if device == "cuda" else ("eager",))),
         seed=args.seed, memory_case=memory, time_limit_s=args.time_limit, out=Path(args.out),
         plot=not args.no_plot, table=not args.no_table, argv=list(sys.argv if argv is None else argv),
         preset=args.preset, plan_only=args.dry_run,
