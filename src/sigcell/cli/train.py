@@ -14,6 +14,7 @@ _FLAGS: dict[str, str] = {
     "corpus": "data.corpus",
     "vocab": "data.vocab",
     "steps": "steps",
+    "compile": "compile",
     "batch_size": "data.batch_size",
     "grad_accum": "grad_accum",
     "lr": "optim.lr",
@@ -60,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="auto: bf16 autocast on CUDA")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--parallel", choices=("ddp", "fsdp"), help="strategy under torchrun")
+    p.add_argument("--compile", choices=("auto", "on", "off"),
+                   help="torch.compile the model (auto: on CUDA, off on the CPU)")
     p.add_argument("--seed", type=int)
     p.add_argument("--clip", type=float, help="max gradient norm")
     p.add_argument("--no-clip", action="store_true", help="turn gradient clipping off (stress tests)")

@@ -20,6 +20,7 @@ LAYOUTS = ("packed", "padded")
 PRECISIONS = ("auto", "bf16", "fp32")
 PARALLELS = ("ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
+COMPILES = ("auto", "on", "off")
 
 
 def _fail(msg: str) -> None:
@@ -105,6 +106,9 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32"
     device: str = "auto"  # "auto" (CUDA if available), "cpu" or "cuda"
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 sharding)
+    # torch.compile of the model: "auto" = on for CUDA, off on the CPU (see benchmarks/NOTES.md for
+    # the measured step times), "on" or "off".
+    compile: str = "auto"
     seed: int = 0  # seeds init, synthetic data, masking and dropout
     log_every: int = 1  # steps between metric records (JSONL + TensorBoard)
     val_every: int = 100  # steps between validation passes; 0 = never
@@ -133,6 +137,7 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("device", self.device, DEVICES)
         _choice("parallel", self.parallel, PARALLELS)
+        _choice("compile", self.compile, COMPILES)
         _int("seed", self.seed, minimum=0)
         _int("log_every", self.log_every)
         _int("val_every", self.val_every, minimum=0)

@@ -31,7 +31,15 @@ from sigcell.train.logger import MetricsLogger
 from sigcell.train.masking import mask_batch
 from sigcell.train.optim import build_optimizer, build_scheduler
 
-__all__ = ["NonFiniteError", "TrainResult", "Trainer", "pretrain"]
+__all__ = ["NonFiniteError", "TrainResult", "Trainer", "pretrain", "uses_compile"]
+
+# Under torch.compile, attention statistics are recorded on every this-many-th step (an eager forward).
+ATTN_STATS_EVERY_COMPILED = 50
+
+
+def uses_compile(setting: str, device: torch.device) -> bool:
+    """Whether a run compiles its model: ``"on"``, ``"off"``, or ``"auto"`` = on CUDA devices only."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 class NonFiniteError(RuntimeError):
@@ -126,11 +134,16 @@ class Trainer:
         _seed_everything(config.seed)
         self.model = MaskedExpressionModel(config.model).to(self.device)
         self.wrapped = parallel.wrap_model(self.model, self.dist, config.parallel)
+        self.compiled = uses_compile(config.compile, self.device)
+        # The step runs the compiled module; attention statistics (host reads of lengths) and anything
+        # else that would break the graph run the eager one.
+        self.run_model = torch.compile(self.wrapped) if self.compiled else self.wrapped
         self.optimizer = build_optimizer(self.model, config.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.steps)
         self.data = data if data is not None else build_data(config, self.dist)
         self.step = 0
         self.last_val_loss: float | None = None
+        self.last_val_expression_loss: float | None = None
         if ckpt is not None:
             self._load(ckpt)
         self.logger = MetricsLogger(self.out_dir, config.steps, enabled=self.dist.is_main,
@@ -178,6 +191,9 @@ class Trainer:
         cfg, step = self.config, self.step
         start = time.perf_counter()
         record = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+        # Attention statistics need the eager model (host reads); compiled runs take them less often.
+        record_attn = record and (not self.compiled or (step + 1) % ATTN_STATS_EVERY_COMPILED == 0
+                                  or step + 1 == cfg.steps)
         # Masks are keyed by the global micro-batch index, so N ranks x accumulation A see the same masks
         # as one rank with accumulation N * A.
         world, rank = self.dist.world_size, self.dist.rank
@@ -188,18 +204,22 @@ class Trainer:
         n_masked, n_tokens, n_cells = parallel.all_reduce_sum(local.to(self.device)).tolist()
         weight = self.dist.world_size / max(n_masked, 1.0)  # DDP averages gradients over ranks
         loss_sum = torch.zeros((), device=self.device)
+        part_sums: dict[str, torch.Tensor] = {}
         attn_stats: dict[str, float] = {}
         for i, batch in enumerate(micro):
             batch = batch.to(self.device, non_blocking=True)
-            self.model.encoder.set_record_stats(record and i == 0)
+            stats = record_attn and i == 0
+            self.model.encoder.set_record_stats(stats)
             with parallel.gradient_sync(self.wrapped, sync=i == len(micro) - 1):
                 with self.autocast:
-                    out = self.wrapped(batch)
+                    out = (self.wrapped if stats else self.run_model)(batch)
                 (out.loss_sum * weight).backward()
-            if record and i == 0:
+            if stats:
                 attn_stats = self.model.encoder.attention_stats()
                 self.model.encoder.set_record_stats(False)
             loss_sum += out.loss_sum.detach().float()
+            for name, part in out.parts.items():
+                part_sums[name] = part_sums.get(name, 0.0) + part.detach().float()
         loss = float(parallel.all_reduce_sum(loss_sum)) / max(n_masked, 1.0)
         layer_norms = self._grad_norms() if record else {}
         clip = cfg.optim.clip_grad_norm
@@ -218,7 +238,12 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
-        metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm, **layer_norms,
+        parts = {}
+        if part_sums:  # each objective's share, normalized like the loss (all ranks)
+            names = sorted(part_sums)
+            summed = parallel.all_reduce_sum(torch.stack([part_sums[n] for n in names])).tolist()
+            parts = {f"loss/{n}": v / max(n_masked, 1.0) for n, v in zip(names, summed, strict=True)}
+        metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm, **parts, **layer_norms,
                    **{f"attn/{k}": v for k, v in attn_stats.items()},
                    "masked_tokens": n_masked, "tokens": n_tokens, "cells": n_cells, "step_time_s": elapsed,
                    "tokens_per_s": n_tokens / elapsed, "cells_per_s": n_cells / elapsed,
@@ -254,17 +279,23 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean masked-token loss over ``val_batches`` fixed held-out micro-batches (split over the ranks)."""
+        """Mean masked-token loss over ``val_batches`` fixed held-out micro-batches (split over the ranks).
+
+        The masked-expression share alone (comparable across cell objectives) is kept in
+        ``last_val_expression_loss``.
+        """
         self.wrapped.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        total = torch.zeros(3, dtype=torch.float64, device=self.device)
         for index, raw in self.data.val_batches(self.config.val_batches):
             batch = self._masked(raw, 1 << 40, index).to(self.device)
             with self.autocast:
                 out = self.wrapped(batch)
-            total += torch.stack([out.loss_sum.double(), out.n_masked.double()])
+            expression = out.parts.get("expression", out.loss_sum)
+            total += torch.stack([out.loss_sum.double(), expression.double(), out.n_masked.double()])
         self.wrapped.train()
-        loss_sum, count = parallel.all_reduce_sum(total).tolist()
+        loss_sum, expression_sum, count = parallel.all_reduce_sum(total).tolist()
         self.last_val_loss = loss_sum / max(count, 1.0)
+        self.last_val_expression_loss = expression_sum / max(count, 1.0)
         return self.last_val_loss
 
     # ------------------------------------------------------------------------------------------------
@@ -335,7 +366,8 @@ class Trainer:
                                        self.last_val_loss, text)
                 step = self.step
                 if cfg.val_every and step % cfg.val_every == 0:
-                    self.logger.log(step, {"loss": self.validate()}, kind="val")
+                    val = {"loss": self.validate(), "loss/expression": self.last_val_expression_loss}
+                    self.logger.log(step, val, kind="val")
                 if "grad_norm" in metrics:
                     self.logger.log(step, metrics)
                     for fn in self.callbacks:
