@@ -187,5 +187,5 @@ def test_median_sketch_close_to_exact(rng):
 def test_config_validation():
     with pytest.raises(ValueError, match=r"encoding: expected one of \('rank', 'binned'\), got 'bins'"):
         TokenizerConfig(encoding="bins")
-    with pytest.raises(ValueError, match="max_genes: expected >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"max_genes: expected >= 1 or None \(all genes\), got 0"):
         TokenizerConfig(max_genes=0)

@@ -12,6 +12,7 @@ __all__ = ["register"]
 
 def register(subparsers) -> None:
     """Add the ``prepare`` and ``datasets`` subcommands."""
+    from sigcell.data.split import HELDOUT_FRACTION, MAX_HELDOUT, SPLIT_SEED
     from sigcell.data.tokenize import TokenizerConfig
 
     d = TokenizerConfig()
@@ -23,7 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+", help=".h5ad files and/or dataset names (see `sigcell datasets`)")
     p.add_argument("--out", required=True, help="corpus directory to create")
     p.add_argument("--encoding", choices=["rank", "binned"], default=d.encoding, help="value encoding")
-    p.add_argument("--max-genes", type=int, default=d.max_genes, help="genes kept per cell (<cls> extra)")
+    p.add_argument("--max-genes", type=int, default=d.max_genes,
+                   help="cut cells to this many genes (<cls> extra); default: every expressed gene")
     p.add_argument(
         "--truncation", choices=["top", "sample"], default=d.truncation, help="how to cut long cells"
     )
@@ -41,6 +43,18 @@ def register(subparsers) -> None:
         "--min-cells-per-gene", type=int, default=1, help="built vocab: genes in >= this many cells"
     )
     p.add_argument("--drop-empty", action="store_true", help="skip cells without any vocabulary gene")
+    p.add_argument("--no-holdout", action="store_true",
+                   help="keep the evaluation hold-out of labelled datasets in the corpus (default: out)")
+    p.add_argument("--label-col", default=None,
+                   help=".h5ad inputs: hold out evaluation cells stratified by this obs column, as "
+                        "`sigcell compare` does (registered datasets use their own label column)")
+    p.add_argument("--heldout-fraction", type=float, default=HELDOUT_FRACTION,
+                   help=f"held-out share of labelled cells (default {HELDOUT_FRACTION}, as compare)")
+    p.add_argument("--max-heldout", type=int, default=MAX_HELDOUT,
+                   help=f"cap on held-out cells per dataset (default {MAX_HELDOUT}, as compare)")
+    p.add_argument("--split-seed", type=int, default=SPLIT_SEED, help="seed of the hold-out (default 0)")
+    p.add_argument("--keep-ensembl", action="store_true",
+                   help="keep Ensembl gene ids instead of mapping them to GENCODE symbols")
     p.add_argument("--shard-tokens", type=int, default=1 << 28, help="tokens per shard file")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing corpus once the new one is done"
@@ -87,6 +101,12 @@ def _prepare(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         min_cells_per_gene=args.min_cells_per_gene,
         drop_empty=args.drop_empty,
+        holdout=not args.no_holdout,
+        label_col=args.label_col,
+        heldout_fraction=args.heldout_fraction,
+        max_heldout=args.max_heldout,
+        split_seed=args.split_seed,
+        map_ensembl=False if args.keep_ensembl else None,
         shard_tokens=args.shard_tokens,
         overwrite=args.overwrite,
         progress=not args.quiet and sys.stderr.isatty(),

@@ -14,6 +14,13 @@ Layout of a corpus directory (all arrays raw little-endian binary; dtypes in the
     cells/cell_ids.bin + cells/cell_id_offsets.bin   utf-8 cell ids
     splits/train.bin, splits/val.bin  int64 corpus cell indices of each split
 
+Genes are keyed by symbol (``sigcell.data.genes``): Ensembl ids become GENCODE symbols, genes of
+datasets without gene names stay dataset-local tokens; each input's manifest entry counts them
+(``genes``). Labelled registered datasets (and ``.h5ad`` inputs when ``label_col`` is given) lose their
+evaluation hold-out first (``sigcell.data.split``, the split ``sigcell compare`` scores): those cells
+enter neither the vocabulary, nor the medians, nor the corpus, and their ids are listed in the
+manifest (``inputs[i]["heldout"]["cell_ids"]``, or ``Corpus.heldout_cells()``).
+
 Shards end at cell boundaries. The split of a cell is a pure function of its id:
 ``blake2b("split" + cell id) / 2**64 < val_fraction`` (independent of file order and chunking).
 Everything is written to ``.<name>.partial-<pid>`` next to the output and renamed at the end, so an
@@ -32,7 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sigcell.data.genes import harmonize_genes
 from sigcell.data.io import check_adata, read_h5ad
+from sigcell.data.split import HELDOUT_FRACTION, MAX_HELDOUT, SPLIT_SEED, HeldoutSplit, heldout_split
 from sigcell.data.tokenize import GeneMedianSketch, TokenizerConfig, cell_hash, tokenize
 from sigcell.data.vocab import GeneVocab
 
@@ -47,9 +56,20 @@ _SPLITS = {"train": 0, "val": 1}
 class _Input:
     name: str  # dataset name or file path, as given
     kind: str  # "file" | "dataset"
+    local_genes: bool = False  # the source has no gene names: its genes stay dataset-local tokens
+    label_col: str | None = None  # hold out the evaluation cells stratified by this obs column
 
 
-def _resolve_inputs(inputs: Sequence[str | os.PathLike]) -> list[_Input]:
+@dataclass(frozen=True)
+class _Holdout:
+    enabled: bool = True
+    label_col: str | None = None  # .h5ad inputs: hold out by this column (datasets: their registry label)
+    fraction: float = HELDOUT_FRACTION
+    max_heldout: int = MAX_HELDOUT
+    seed: int = SPLIT_SEED
+
+
+def _resolve_inputs(inputs: Sequence[str | os.PathLike], holdout: _Holdout = _Holdout()) -> list[_Input]:
     from sigcell import datasets
 
     if not inputs:
@@ -62,21 +82,39 @@ def _resolve_inputs(inputs: Sequence[str | os.PathLike]) -> list[_Input]:
             if not Path(name).is_file():
                 msg = f"{name}: no such file; pass an existing .h5ad or a dataset name {datasets.available()}"
                 raise FileNotFoundError(msg)
-            out.append(_Input(name, "file"))
+            out.append(_Input(name, "file", label_col=holdout.label_col if holdout.enabled else None))
         elif name in datasets.available():
-            out.append(_Input(name, "dataset"))
+            spec = datasets.info(name)
+            label = spec.labels[0] if spec.labels and holdout.enabled else None
+            out.append(_Input(name, "dataset", spec.gene_ids == "dataset-local", label))
         else:
             msg = f"{name!r} is neither an existing file nor a dataset name; datasets: {datasets.available()}"
             raise FileNotFoundError(msg)
     return out
 
 
-def _load(inp: _Input, *, layer, use_raw, gene_col):
-    if inp.kind == "file":
-        return read_h5ad(inp.name, layer=layer, use_raw=use_raw, gene_col=gene_col)
-    from sigcell import datasets
+def _load(inp: _Input, *, layer, use_raw, gene_col, holdout: _Holdout, map_ensembl: bool, gene_table):
+    """(the input's cells minus its hold-out, their rows in the input, the hold-out or None).
 
-    return check_adata(datasets.load(inp.name), source=f"dataset {inp.name}")
+    ``var_names`` of the returned AnnData are vocabulary keys (``harmonize_genes``).
+    """
+    if inp.kind == "file":
+        adata = read_h5ad(inp.name, layer=layer, use_raw=use_raw, gene_col=gene_col)
+    else:
+        from sigcell import datasets
+
+        adata = check_adata(datasets.load(inp.name), source=f"dataset {inp.name}")
+    harmonize_genes(adata, dataset_local=inp.local_genes, map_ensembl=map_ensembl, table=gene_table)
+    split: HeldoutSplit | None = None
+    rows = np.arange(adata.n_obs, dtype=np.int64)
+    if inp.label_col is not None:
+        split = heldout_split(adata, inp.label_col, fraction=holdout.fraction,
+                              max_heldout=holdout.max_heldout, seed=holdout.seed, source=inp.name)
+        rows = split.train
+        info = adata.uns["sigcell_input"]
+        adata = adata[rows].copy()
+        adata.uns["sigcell_input"] = info
+    return adata, rows, split
 
 
 def _length_summary(n_genes: np.ndarray) -> dict:
@@ -179,6 +217,13 @@ def prepare_corpus(
     val_fraction: float = 0.05,
     min_cells_per_gene: int = 1,
     drop_empty: bool = False,
+    holdout: bool = True,
+    label_col: str | None = None,
+    heldout_fraction: float = HELDOUT_FRACTION,
+    max_heldout: int = MAX_HELDOUT,
+    split_seed: int = SPLIT_SEED,
+    map_ensembl: bool | None = None,
+    gene_table=None,
     shard_tokens: int = 1 << 28,
     overwrite: bool = False,
     progress: bool = False,
@@ -192,7 +237,8 @@ def prepare_corpus(
     out_dir
         Corpus directory to create (must not exist unless ``overwrite``).
     config
-        Tokenizer settings (default ``TokenizerConfig()``), stored in the manifest.
+        Tokenizer settings (default ``TokenizerConfig()``: every expressed gene of every cell, no
+        truncation unless ``max_genes`` is set), stored in the manifest.
     vocab
         Use this vocabulary (e.g. a pretrained model's) instead of building one from the inputs;
         its medians are used when present, else computed over the inputs.
@@ -204,6 +250,18 @@ def prepare_corpus(
         A built vocabulary keeps genes nonzero in at least this many cells over all inputs.
     drop_empty
         Skip cells without any vocabulary gene instead of failing.
+    holdout
+        Keep the evaluation hold-out out of the corpus: the cells :func:`sigcell.data.heldout_cells`
+        returns for each labelled registered dataset (its registry label column) and, when
+        ``label_col`` is given, for each ``.h5ad`` input. Their ids go to the manifest.
+    label_col
+        obs column that ``.h5ad`` inputs are stratified by for the hold-out (None: files keep all cells).
+    heldout_fraction, max_heldout, split_seed
+        The hold-out's parameters (those of ``sigcell compare``: 0.2, 1000, 0).
+    map_ensembl
+        Map Ensembl gene ids to GENCODE symbols (default: yes, unless ``vocab`` is keyed by Ensembl id).
+    gene_table
+        Ensembl id -> symbol table (DataFrame ``gene_id``, ``gene_name`` or a dict); None: GENCODE v44.
     shard_tokens
         Tokens per shard file.
     overwrite
@@ -215,7 +273,9 @@ def prepare_corpus(
     -------
     dict
         The manifest (also in ``out_dir/manifest.json``): cells, tokens, dropped genes, truncated
-        cells and length distribution per input and in total, split sizes, wall time.
+        cells and length distribution per input and in total, split sizes, wall time; per input
+        ``genes`` (how many genes were symbols, mapped from Ensembl, dataset-local or unmapped, and how
+        many are shared with another input) and ``heldout`` (parameters and cell ids, or None).
     """
     t0 = time.perf_counter()
     config = config or TokenizerConfig()
@@ -226,8 +286,12 @@ def prepare_corpus(
     if out_dir.exists() and not overwrite:
         msg = f"{out_dir} already exists; choose another --out or pass overwrite=True (--overwrite)"
         raise FileExistsError(msg)
-    srcs = _resolve_inputs(inputs)
-    load_kw = {"layer": layer, "use_raw": use_raw, "gene_col": gene_col}
+    hold = _Holdout(bool(holdout), label_col, heldout_fraction, max_heldout, split_seed)
+    srcs = _resolve_inputs(inputs, hold)
+    if map_ensembl is None:
+        map_ensembl = vocab is None or vocab.gene_id_kind != "ensembl"
+    load_kw = {"layer": layer, "use_raw": use_raw, "gene_col": gene_col, "holdout": hold,
+               "map_ensembl": map_ensembl, "gene_table": gene_table}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     if tmp.exists():
@@ -244,7 +308,7 @@ def prepare_corpus(
                 n_cells_expr: dict[str, int] = {}
                 kinds = set()
                 for src in srcs:
-                    adata = _load(src, **load_kw)
+                    adata = _load(src, **load_kw)[0]
                     kinds.add(adata.uns["sigcell_input"]["gene_id_kind"])
                     nz = np.asarray((adata.X != 0).sum(axis=0)).ravel()
                     for g, c in zip(adata.var_names, nz, strict=True):
@@ -279,8 +343,10 @@ def prepare_corpus(
             # pass 2: tokenize and write
             writer = _Writer(tmp, config.value_dtype, shard_tokens)
             per_input = []
+            keys_per_input: list[set[str]] = []
             for i, src in enumerate(srcs):
-                adata = _load(src, **load_kw)
+                adata, in_rows, held = _load(src, **load_kw)
+                keys_per_input.append(set(adata.var_names))
                 task = bar.add_task(f"tokenizing {Path(src.name).name}", total=adata.n_obs)
                 cells = tokenize(
                     adata,
@@ -296,19 +362,25 @@ def prepare_corpus(
                     raise ValueError(msg)
                 h = cell_hash(cell_ids, salt="split")
                 split = (h.astype(np.float64) / 2.0**64 < val_fraction).astype(np.uint8)
-                writer.add(cells.gene_ids, cells.values, cells.n_genes, i, cells.cell_index, cell_ids, split)
+                rows = in_rows[cells.cell_index]  # rows of the input file / dataset, hold-out included
+                writer.add(cells.gene_ids, cells.values, cells.n_genes, i, rows, cell_ids, split)
                 per_input.append(
                     {
                         "name": src.name,
                         "kind": src.kind,
-                        "input": adata.uns["sigcell_input"],
+                        "input": {k: v for k, v in adata.uns["sigcell_input"].items() if k != "genes"},
                         **{k: v for k, v in cells.stats.items() if k != "values"},
                         "n_val": int(split.sum()),
                         "length": _length_summary(cells.n_genes),
+                        "genes": dict(adata.uns["sigcell_input"]["genes"]),
+                        "heldout": None if held is None else held.describe(),
                     }
                 )
                 del adata, cells
             writer.close()
+            for i, p in enumerate(per_input):  # genes this input shares with at least one other input
+                others = set().union(*(k for j, k in enumerate(keys_per_input) if j != i))
+                p["genes"]["n_shared"] = len(keys_per_input[i] & others)
 
         split_all = np.fromfile(tmp / "cells" / "split.bin", dtype=np.uint8)
         (tmp / "splits").mkdir()
@@ -329,6 +401,7 @@ def prepare_corpus(
             "n_truncated": sum(p["n_truncated"] for p in per_input),
             "n_empty_dropped": sum(p["n_empty_dropped"] for p in per_input),
             "n_dropped_genes": sum(p["n_unknown_genes"] for p in per_input),
+            "n_heldout": sum(p["heldout"]["n_heldout"] for p in per_input if p["heldout"]),
             "length": _length_summary(n_genes_all),
             "splits": {
                 "val_fraction": val_fraction,
@@ -366,16 +439,24 @@ def summarize_manifest(manifest: dict) -> str:
         f"splits: train {manifest['splits']['train']:,}, val {manifest['splits']['val']:,}; "
         f"truncated cells {manifest['n_truncated']:,}, empty cells dropped {manifest['n_empty_dropped']:,}, "
         f"dropped genes {manifest['n_dropped_genes']:,}; {manifest['wall_time_s']:.1f} s",
-        f"{'input':<28} {'values':<15} {'cells':>8} {'tokens':>11} {'trunc':>6} {'dropG':>6}  "
-        "length min/median/mean/p95/max",
+        f"{'input':<20} {'values':<15} {'cells':>7} {'held':>5} {'tokens':>11} {'trunc':>6} {'dropG':>6}  "
+        f"{'genes: symbol/ensembl/local/unmapped, shared':<44} length min/median/mean/p95/max",
     ]
     for p in manifest["inputs"]:
         ln = p["length"]
         dist = "/".join(f"{ln[k]:.0f}" for k in ("min", "median", "mean", "p95", "max")) if ln else "-"
+        g = p.get("genes")
+        genes = (f"{g['symbol']}/{g['ensembl']}/{g['local']}/{g['unmapped']}, {g['n_shared']} shared"
+                 if g else "-")
+        held = p["heldout"]["n_heldout"] if p.get("heldout") else 0
         lines.append(
-            f"{Path(p['name']).name[:28]:<28} {p['input']['values']:<15} {p['n_cells']:>8,} "
-            f"{p['n_tokens'] + p['n_cells']:>11,} {p['n_truncated']:>6,} {p['n_unknown_genes']:>6,}  {dist}"
+            f"{Path(p['name']).name[:20]:<20} {p['input']['values']:<15} {p['n_cells']:>7,} {held:>5,} "
+            f"{p['n_tokens'] + p['n_cells']:>11,} {p['n_truncated']:>6,} {p['n_unknown_genes']:>6,}  "
+            f"{genes:<44} {dist}"
         )
+    if manifest.get("n_heldout"):
+        lines.append(f"held out for evaluation (not in the corpus): {manifest['n_heldout']:,} cells; ids in "
+                     "manifest.json inputs[i].heldout.cell_ids (sigcell.data.Corpus(...).heldout_cells())")
     return "\n".join(lines)
 
 
@@ -461,6 +542,15 @@ class Corpus:
 
     def __len__(self) -> int:
         return int(self._index.size)
+
+    def heldout_cells(self) -> dict[str, list[str]]:
+        """Evaluation cells kept out of this corpus: ``{input name: [cell id, ...]}``, inputs with a hold-out.
+
+        The ids are ``obs_names`` of the input as ``sigcell.datasets.load`` / ``read_h5ad`` return it; the
+        split's parameters are in ``manifest["inputs"][i]["heldout"]``.
+        """
+        inputs = self.manifest["inputs"]
+        return {p["name"]: list(p["heldout"]["cell_ids"]) for p in inputs if p.get("heldout")}
 
     @property
     def n_genes(self) -> np.ndarray:

@@ -17,7 +17,8 @@ Two encodings (``TokenizerConfig.encoding``):
   Since the bins depend only on ranks within a cell, log-normalized input gives the same bins.
 
 Only nonzero genes become tokens; genes missing from the vocabulary are dropped and counted.
-``max_genes`` bounds the genes kept per cell (the ``<cls>`` token added at batching is extra):
+``max_genes`` bounds the genes kept per cell (the ``<cls>`` token added at batching is extra; the
+default None keeps every expressed gene):
 ``truncation="top"`` keeps the highest scores (rank) / expression (binned), ties by token id;
 ``truncation="sample"`` draws without replacement with probability proportional to the score /
 expression (Efraimidis-Spirakis keys from a counter-based hash of ``(seed, cell id, gene id)``), so
@@ -59,7 +60,9 @@ class TokenizerConfig:
 
     encoding: str = "rank"  # "rank" (Geneformer rank-value) or "binned" (scGPT per-cell quantile bins)
     n_bins: int = 51  # binned only: bins 1..n_bins-1 for nonzero values; 0 = zero / <cls> / padding
-    max_genes: int = 2048  # genes kept per cell, <cls> excluded (Geneformer 2048, scGPT 1200)
+    # genes kept per cell, <cls> excluded; None (default) keeps every expressed gene (full-length cells);
+    # Geneformer cuts to 2048, scGPT to 1200
+    max_genes: int | None = None
     truncation: str = "top"  # "top": highest-ranked genes; "sample": expression-weighted, seeded
     seed: int = 0  # seed of truncation="sample"
     target_sum: float = 1e4  # per-cell normalization total, both encodings
@@ -75,8 +78,8 @@ class TokenizerConfig:
         if not 3 <= self.n_bins <= 32767:
             msg = f"TokenizerConfig.n_bins: expected 3..32767, got {self.n_bins}"
             raise ValueError(msg)
-        if self.max_genes < 1:
-            msg = f"TokenizerConfig.max_genes: expected >= 1, got {self.max_genes}"
+        if self.max_genes is not None and (isinstance(self.max_genes, bool) or self.max_genes < 1):
+            msg = f"TokenizerConfig.max_genes: expected >= 1 or None (all genes), got {self.max_genes}"
             raise ValueError(msg)
         if not self.target_sum > 0:
             msg = f"TokenizerConfig.target_sum: expected > 0, got {self.target_sum}"
@@ -389,8 +392,7 @@ def _tokenize_block(
         score = norm
         values = _bins_from_ranks(rows, norm, n_per_row, config.n_bins)
 
-    truncated = n_per_row > config.max_genes
-    n_truncated = int(truncated.sum())
+    n_truncated = 0 if config.max_genes is None else int((n_per_row > config.max_genes).sum())
     if n_truncated:
         prio = score
         if config.truncation == "sample":

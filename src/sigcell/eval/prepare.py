@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from sigcell.data.split import HELDOUT_FRACTION, MAX_HELDOUT, SPLIT_SEED, heldout_split, stratified_split
 from sigcell.eval._io import read_json, write_array, write_json
 
-__all__ = ["DatasetInput", "PrepareConfig", "prepare", "resolve_datasets"]
+__all__ = ["DatasetInput", "PrepareConfig", "prepare", "resolve_datasets", "stratified_split"]
 
 FORMAT = "sigcell-compare-prepared"
 VERSION = 1
@@ -53,9 +54,10 @@ class PrepareConfig:
     # "sample" (expression-weighted, seeded): keeping only the top genes leaves nothing but the highest
     # expression bins in long cells (zeisel at 128 genes: bin entropy 0.11 nats), a trivial target.
     truncation: str = "sample"
-    heldout_fraction: float = 0.2  # share of labelled cells held out, stratified by cell type
-    max_heldout: int = 1000  # cap on held-out cells per dataset (bounds metric time and result size)
-    split_seed: int = 0  # the split never depends on the training seeds
+    # The hold-out (sigcell.data.split: the same split keeps these cells out of the pooled corpus).
+    heldout_fraction: float = HELDOUT_FRACTION  # share of labelled cells held out, stratified by cell type
+    max_heldout: int = MAX_HELDOUT  # cap on held-out cells per dataset (bounds metric time and result size)
+    split_seed: int = SPLIT_SEED  # the split never depends on the training seeds
     pca_comps: int = 50  # PCA baseline components
     n_top_genes: int = 2000  # PCA baseline highly variable genes
 
@@ -132,29 +134,6 @@ def _load(ds: DatasetInput):
     return adata
 
 
-def stratified_split(labels: np.ndarray, labelled: np.ndarray, fraction: float, cap: int,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out and training cell indices; held-out cells are labelled and stratified by label.
-
-    ``h = min(round(fraction * n_labelled), cap)`` cells are held out, ``round(n_c * h / n)`` of type
-    ``c`` (at least one for types with >= 2 cells). Unlabelled cells always train.
-    """
-    rng = np.random.default_rng(seed)
-    idx = np.flatnonzero(labelled)
-    n = idx.size
-    h = min(round(fraction * n), cap)
-    held = []
-    for value in np.unique(labels[idx]):
-        members = idx[labels[idx] == value]
-        take = round(members.size * h / n)
-        if members.size >= 2:
-            take = max(take, 1)
-        held.append(rng.permutation(members)[: min(take, members.size - 1)])
-    heldout = np.sort(np.concatenate(held)).astype(np.int64)
-    train = np.setdiff1d(np.arange(labels.size), heldout).astype(np.int64)
-    return train, heldout
-
-
 def _prepare_one(ds: DatasetInput, config: PrepareConfig, folder: Path) -> dict:
     from sigcell.data.tokenize import TokenizerConfig, gene_medians, tokenize
     from sigcell.data.vocab import GeneVocab
@@ -162,14 +141,11 @@ def _prepare_one(ds: DatasetInput, config: PrepareConfig, folder: Path) -> dict:
 
     t0 = time.perf_counter()
     adata = _load(ds)
-    raw_labels = adata.obs[ds.label_col]
-    labelled = ~raw_labels.isna().to_numpy()
-    labels = raw_labels.astype(str).to_numpy()
-    if np.unique(labels[labelled]).size < 2:
-        msg = f"{ds.source}: label column {ds.label_col!r} has fewer than 2 distinct labels; nothing to score"
-        raise ValueError(msg)
-    train_rows, held_rows = stratified_split(labels, labelled, config.heldout_fraction, config.max_heldout,
-                                             config.split_seed)
+    split = heldout_split(adata, ds.label_col, fraction=config.heldout_fraction,
+                          max_heldout=config.max_heldout, seed=config.split_seed, source=ds.source)
+    train_rows, held_rows = split.train, split.heldout
+    labelled = ~adata.obs[ds.label_col].isna().to_numpy()
+    labels = adata.obs[ds.label_col].astype(str).to_numpy()
     # The vocabulary (and rank medians) come from the training cells only.
     train_adata = adata[train_rows]
     vocab = GeneVocab.from_adata(train_adata, gene_id_kind=adata.uns["sigcell_input"]["gene_id_kind"])
