@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sigcell.model import PRESETS, MaskedExpressionModel, ModelConfig, load_preset, preset_path
+from sigcell.model.config import LEGACY_VALUES
 
 BAD = [
     ({"attention": "linear"}, "attention must be one of ['sigmoid', 'softmax'], got 'linear'"),
@@ -26,6 +27,10 @@ BAD = [
     ({"sigmoid_bias_init": float("nan")}, "sigmoid_bias_init must be a finite number"),
     ({"qk_norm": "yes"}, "qk_norm must be true or false, got 'yes'"),
     ({"d_model": 1024, "n_heads": 2}, "head dim d_model / n_heads = 512 must lie in [1, 256]"),
+    ({"cell_objective": "contrastive"}, "cell_objective must be one of ['none', 'mvc'], got 'contrastive'"),
+    ({"cell_loss_weight": -1.0}, "cell_loss_weight must be a finite number in [0.0, inf)"),
+    ({"cell_loss_weight": float("inf")}, "cell_loss_weight must be a finite number"),
+    ({"cell_loss_weight": 0.0}, "cell_loss_weight is 0 with cell_objective 'mvc'"),
 ]
 
 
@@ -41,8 +46,22 @@ def test_unknown_field_lists_the_valid_ones():
 
 
 def test_round_trip_through_dict():
-    cfg = ModelConfig(d_model=48, n_heads=3, qk_norm=True, attention="softmax")
-    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    for cfg in (ModelConfig(d_model=48, n_heads=3, qk_norm=True, attention="softmax"),
+                ModelConfig(cell_objective="none", pooling="mean"), ModelConfig(cell_loss_weight=0.25)):
+        assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_the_cell_objective_is_on_by_default_and_off_in_old_dumps():
+    assert ModelConfig().cell_objective == "mvc"
+    assert ModelConfig.from_dict(load_preset("tiny")["model"]).cell_objective == "mvc"  # partial: defaults
+    assert ModelConfig(cell_objective="none", cell_loss_weight=0.0).cell_loss_weight == 0.0
+    # A complete dump written before the field existed (a run's config.yaml) keeps the old behaviour.
+    old = {k: v for k, v in ModelConfig(d_model=48, n_heads=3).to_dict().items() if k not in LEGACY_VALUES}
+    assert ModelConfig.from_dict(old) == ModelConfig(d_model=48, n_heads=3, cell_objective="none")
+    assert ModelConfig.from_dict({**old, "cell_objective": "mvc"}).cell_objective == "mvc"
+    partial = dict(old)
+    partial.pop("dropout")  # not a complete dump: every missing field takes its dataclass default
+    assert ModelConfig.from_dict(partial).cell_objective == "mvc"
 
 
 @pytest.mark.parametrize(("name", "low", "high"), [
