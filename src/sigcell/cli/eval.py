@@ -14,12 +14,15 @@ __all__ = ["register"]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``embed``, ``evaluate`` and ``compare``."""
+    from sigcell.data.split import HELDOUT_FRACTION, MAX_HELDOUT
+
     e = subparsers.add_parser(
         "embed", help="embed the cells of an .h5ad with a pretrained run (obsm['X_sigcell'])",
         description="Write cell embeddings of a pretrained run into a copy of an .h5ad; everything else "
                     "in the file is kept. The output is written to a temporary name and renamed.")
-    e.add_argument("--model", required=True, help="run folder (sigcell pretrain / compare) or checkpoint")
-    e.add_argument("--data", required=True, help="input .h5ad")
+    e.add_argument("--model", required=True, help="pretrained model name (e.g. sigcell-small; see `python -m "
+                                                  "sigcell.pretrained list`), run folder or checkpoint")
+    e.add_argument("--data", required=True, help="input .h5ad or registered dataset name (sigcell datasets)")
     e.add_argument("--out", required=True, help="output .h5ad (may equal --data with --overwrite)")
     e.add_argument("--key", default="X_sigcell", help="obsm key (default X_sigcell)")
     e.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
@@ -63,10 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--label-col", default=None, help="obs label column of .h5ad inputs (default cell_type)")
     c.add_argument("--max-genes", type=int, default=None, help="genes kept per cell (default 128 tiny, "
                                                                "1024 small)")
-    c.add_argument("--heldout-fraction", type=float, default=0.2, help="held-out share of labelled cells")
+    c.add_argument("--heldout-fraction", type=float, default=HELDOUT_FRACTION,
+                   help=f"held-out share of labelled cells (default {HELDOUT_FRACTION})")
     c.add_argument("--truncation", choices=("sample", "top"), default="sample",
                    help="cutting cells to --max-genes: expression-weighted sample (default) or top genes")
-    c.add_argument("--max-heldout", type=int, default=1000, help="cap on held-out cells per dataset")
+    c.add_argument("--max-heldout", type=int, default=MAX_HELDOUT,
+                   help=f"cap on held-out cells per dataset (default {MAX_HELDOUT})")
     c.add_argument("--time-budget", type=float, default=None,
                    help="seconds for the train stage: size --steps from measured step times")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -125,18 +130,17 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    import anndata as ad
+    from sigcell.eval.embed import embed, load_input
 
-    from sigcell.eval.embed import embed
-
-    src, dst = Path(args.data), Path(args.out)
-    if not src.is_file():
-        msg = f"--data {src}: no such file; pass an .h5ad"
-        raise FileNotFoundError(msg)
+    dst = Path(args.out)
     if dst.exists() and not args.overwrite:
         msg = f"--out {dst} exists; pass --overwrite to replace it or choose another path"
         raise FileExistsError(msg)
-    adata = ad.read_h5ad(src)
+    try:
+        adata = load_input(args.data)
+    except FileNotFoundError as err:
+        msg = f"--data {err}; pass an .h5ad file or a dataset name"
+        raise FileNotFoundError(msg) from None
     embed(adata, args.model, key_added=args.key, batch_size=args.batch_size, pooling=args.pooling,
           layer=args.layer, use_raw=args.use_raw, gene_col=args.gene_col, device=args.device)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -147,10 +151,13 @@ def run_embed(args: argparse.Namespace) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     params = adata.uns[args.key]["params"]
-    print(f"wrote {dst}: obsm[{args.key!r}] {adata.obsm[args.key].shape}, {params['n_genes_used']} genes "
-          "used, "
-          f"{params['n_genes_unknown']} unknown genes ignored, {params['n_cells_without_known_genes']} cells "
-          "without a known gene (NaN)", file=sys.stderr)
+    n_in, n_known = params["n_genes_in_input"], params["n_genes_used"]
+    mapped = params["gene_keys"]["ensembl"]
+    note = f"; {mapped:,} Ensembl ids mapped to symbols" if mapped else ""
+    print(f"model {params['model']} knows {n_known:,} of the {n_in:,} genes of {args.data} "
+          f"({100 * n_known / n_in:.1f} %{note}); {params['n_genes_unknown']:,} unknown genes ignored, "
+          f"{params['n_cells_without_known_genes']} cells without a known gene (NaN)", file=sys.stderr)
+    print(f"wrote {dst}: obsm[{args.key!r}] {adata.obsm[args.key].shape}", file=sys.stderr)
     return 0
 
 

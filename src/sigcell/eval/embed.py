@@ -1,5 +1,10 @@
 """Cell embeddings from a trained run: ``embed(adata, run)`` writes ``adata.obsm["X_sigcell"]``.
 
+``run`` is a run folder, a checkpoint folder, a ``LoadedRun`` or the name of a shipped pretrained model
+(``sigcell.pretrained``, e.g. ``"sigcell-small"``); ``adata`` may also be a registered dataset name or an
+``.h5ad`` path (``load_input``). Gene identifiers are mapped to the vocabulary's keys first (Ensembl ids
+to GENCODE symbols, as ``sigcell prepare`` does), and how many genes the model knows is recorded.
+
 ``embed_cells`` is the tensor-level core (tokenized cells in, ``[n_cells, d_model]`` out); it needs
 only torch and numpy, so the GPU train stage of ``sigcell compare`` uses it too.
 """
@@ -15,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["embed", "embed_cells", "tokenizer_of"]
+__all__ = ["embed", "embed_cells", "load_input", "tokenizer_of"]
 
 TOKENIZER_FILE = "tokenizer.json"  # written into compare run folders: how their cells were tokenized
 
@@ -89,15 +94,24 @@ def embed_cells(
 def tokenizer_of(run: Any):
     """The ``TokenizerConfig`` a run's cells were tokenized with.
 
-    Compare runs store it (``tokenizer.json`` in the run folder); for other runs it is rebuilt from the
-    model config: encoding and bins of the model, ``data.max_genes`` (default 2048), top truncation.
+    Shipped models (``tokenizer.json`` in the model folder) and compare runs (``tokenizer.json`` in the
+    run folder) store it; a run pretrained on a corpus uses the corpus's tokenizer when the corpus is
+    still there; else it is rebuilt from the model config: encoding and bins of the model,
+    ``data.max_genes`` (default None: every expressed gene), top truncation.
     """
     from sigcell.data.tokenize import TokenizerConfig
     from sigcell.eval._io import read_json
 
-    stored = Path(run.path).parent.parent / TOKENIZER_FILE  # <run>/checkpoints/step_*/ -> <run>/
-    if stored.is_file():
-        return TokenizerConfig(**read_json(stored))
+    here = Path(run.path)
+    for stored in (here / TOKENIZER_FILE, here.parent.parent / TOKENIZER_FILE):  # <run>/checkpoints/step_*/
+        if stored.is_file():
+            return TokenizerConfig(**read_json(stored))
+    corpus = getattr(run.config.data, "corpus", None)
+    manifest = Path(corpus) / "manifest.json" if corpus else None
+    if manifest is not None and manifest.is_file():
+        tok = read_json(manifest).get("tokenizer")
+        if tok and tok.get("encoding") == run.config.model.value_encoding:
+            return TokenizerConfig(**tok)
     m = run.config.model
     if m.value_encoding not in ("binned", "rank"):
         msg = (f"the run's model reads value_encoding={m.value_encoding!r}, which sigcell.data cannot "
@@ -113,10 +127,43 @@ def _load_run(model_or_run_dir: Any, device: str | torch.device):
     if isinstance(model_or_run_dir, LoadedRun):
         return model_or_run_dir
     if isinstance(model_or_run_dir, (str, os.PathLike)):
+        from sigcell import pretrained
+
+        if isinstance(model_or_run_dir, str) and pretrained.is_model_name(model_or_run_dir):
+            return pretrained.load(model_or_run_dir, device=str(device))
         return load_checkpoint(model_or_run_dir, device=device)
-    msg = (f"model_or_run_dir must be a run folder path or a LoadedRun (sigcell.train.load_checkpoint), "
-           f"got {type(model_or_run_dir).__name__}; a bare model has no vocabulary: load the run instead")
+    msg = (f"model_or_run_dir must be a run folder path, a pretrained model name ({_model_names()}) or a "
+           f"LoadedRun (sigcell.train.load_checkpoint), got {type(model_or_run_dir).__name__}; a bare model "
+           "has no vocabulary: load the run instead")
     raise TypeError(msg)
+
+
+def _model_names() -> list[str]:
+    from sigcell import pretrained
+
+    return pretrained.available()
+
+
+def load_input(data: str | os.PathLike):
+    """An AnnData from a registered dataset name (``sigcell.datasets.available()``) or an ``.h5ad`` path.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``data`` is neither; the message lists the dataset names.
+    """
+    import anndata as ad
+
+    from sigcell import datasets
+
+    text = str(data)
+    path = Path(text)
+    if path.is_file():
+        return ad.read_h5ad(path)
+    if text in datasets.available() and not path.exists():
+        return datasets.load(text)
+    msg = f"{text}: no such .h5ad file and not a registered dataset name {datasets.available()}"
+    raise FileNotFoundError(msg)
 
 
 def embed(
@@ -136,16 +183,20 @@ def embed(
 ):
     """Embed every cell of an AnnData with a pretrained sigcell model (scanpy conventions).
 
-    Genes are matched to the model's vocabulary by identifier; genes it does not know are ignored and
-    counted (a warning says how many). Cells left without any known gene get a row of NaN.
+    Genes are matched to the model's vocabulary by identifier, Ensembl ids (with or without a version
+    suffix) mapped to GENCODE symbols first (``sigcell.data.harmonize_genes``) unless the vocabulary
+    is keyed by Ensembl id; genes it does not know are ignored and counted (a warning says how many).
+    Cells left without any known gene get a row of NaN; a file without any known gene is refused.
 
     Parameters
     ----------
     adata
-        AnnData with counts (or log-normalized values) in ``X`` / ``layers[layer]`` / ``raw``.
+        AnnData with counts (or log-normalized values) in ``X`` / ``layers[layer]`` / ``raw``; or a
+        registered dataset name / ``.h5ad`` path (loaded, embedded and returned, as with ``copy=True``).
     model_or_run_dir
         A run folder written by ``sigcell pretrain`` / ``sigcell compare`` (or one checkpoint folder),
-        or a ``LoadedRun``.
+        the name of a shipped pretrained model (``sigcell.pretrained.available()``, e.g.
+        ``"sigcell-small"``), or a ``LoadedRun``.
     key_added
         ``adata.obsm`` key of the embedding; parameters go to ``adata.uns[key_added]["params"]``.
     batch_size
@@ -164,14 +215,30 @@ def embed(
     Returns
     -------
     AnnData | None
-        The copy when ``copy=True``, else None. Shapes: ``obsm[key_added]`` float32 ``[n_obs, d_model]``.
+        The copy when ``copy=True`` (or when ``adata`` was a name / path), else None. Shapes:
+        ``obsm[key_added]`` float32 ``[n_obs, d_model]``. ``uns[key_added]["params"]`` records the model,
+        ``n_genes_in_input``, ``n_genes_used`` (known to the vocabulary), ``n_genes_unknown``,
+        ``gene_keys`` (symbols / mapped from Ensembl / unmapped) and the tokenizer.
+
+    Raises
+    ------
+    ValueError
+        No gene of the input is in the model's vocabulary (or other invalid input), saying what to do.
     """
     from anndata import AnnData
 
+    from sigcell.data.genes import harmonize_genes
     from sigcell.data.io import check_adata
     from sigcell.data.tokenize import tokenize
     from sigcell.data.vocab import GeneVocab
 
+    source = "embed input"
+    if isinstance(adata, (str, os.PathLike)):
+        source = str(adata)
+        adata, copy = load_input(adata), False  # a fresh AnnData: filled in place and returned
+        by_name = True
+    else:
+        by_name = False
     if not isinstance(adata, AnnData):
         msg = (f"embed: adata must be an AnnData, got {type(adata).__name__}; read files with "
                "anndata.read_h5ad")
@@ -185,8 +252,16 @@ def embed(
                "embed needs a run trained on tokenized cells (sigcell prepare / sigcell compare)")
         raise ValueError(msg)
     config = tokenizer if tokenizer is not None else tokenizer_of(run)
-    checked = check_adata(adata, layer=layer, use_raw=use_raw, gene_col=gene_col, source="embed input")
+    checked = check_adata(adata, layer=layer, use_raw=use_raw, gene_col=gene_col, source=source)
+    keys = harmonize_genes(checked, map_ensembl=run.vocab.gene_id_kind != "ensembl")
     match = run.vocab.match(checked.var_names)
+    if match.n_known == 0:
+        col = f"var[{gene_col!r}]" if gene_col else "var_names"
+        msg = (f"embed: none of the {checked.n_vars} genes of {source} ({col}, e.g. "
+               f"{list(checked.var['gene_id'][:3])}) is in the model's vocabulary ({run.vocab.n_genes} genes "
+               f"keyed by {run.vocab.gene_id_kind}, e.g. {list(run.vocab.genes[:3])}); pass gene_col=... "
+               "(--gene-col) naming a var column of gene symbols or Ensembl ids")
+        raise ValueError(msg)
     if match.n_unknown:
         warnings.warn(
             f"embed: {match.n_unknown} of {checked.n_vars} genes are not in the model's vocabulary "
@@ -206,14 +281,17 @@ def embed(
     target = adata.copy() if copy else adata
     target.obsm[key_added] = emb
     target.uns[key_added] = {"params": {
-        "model": str(run.path),
+        "model": str(model_or_run_dir) if isinstance(model_or_run_dir, str) else str(run.path),
+        "model_path": str(run.path),
         "step": int(run.step),
         "attention": run.config.model.attention,
         "pooling": pooling or run.config.model.pooling,
         "tokenizer": config.to_dict(),
+        "n_genes_in_input": int(checked.n_vars),
         "n_genes_used": int(match.n_known),
+        "gene_keys": keys.counts(),
         "n_genes_unknown": int(match.n_unknown),
         "n_cells_without_known_genes": int(n_empty),
         "sigcell_version": __version__,
     }}
-    return target if copy else None
+    return target if copy or by_name else None
