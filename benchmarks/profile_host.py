@@ -19,6 +19,7 @@ def main() -> None:
     ap.add_argument("--l", type=int, default=1024)
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--sort", default="tottime", help="pstats order: tottime or cumulative")
     args = ap.parse_args()
 
     from sigcell import sigmoid_attn_func, sigmoid_attn_varlen_func
@@ -56,7 +57,7 @@ def main() -> None:
         stream = io.StringIO()
         stats = pstats.Stats(prof, stream=stream)
         total_us = stats.total_tt / args.calls * 1e6
-        stats.sort_stats("tottime").print_stats(args.top)
+        stats.sort_stats(args.sort).print_stats(args.top)
         print(f"===== D{d} L{L} {name}: {total_us:.0f} us of Python per call (profiled)")
         print("\n".join(line for line in stream.getvalue().splitlines() if line.strip())[-6000:])
 
