@@ -1,0 +1,215 @@
+"""Shipped pretrained models: export a tiny CPU run, load it by name, embed; ``embed --data NAME``; errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+
+from sigcell import pretrained
+from sigcell.cli import main
+from tests.datasets_cache import shared_data_cache
+
+TINY = {"model.n_bins": 7, "model.d_model": 32, "model.n_layers": 2, "model.n_heads": 4, "model.d_ff": 48,
+        "data.batch_size": 8, "steps": 4, "val_every": 4, "ckpt_every": 4, "progress": False,
+        "tensorboard": False, "device": "cpu", "optim.warmup_steps": 1}
+
+
+def _counts(n_cells: int, genes: list[str], seed: int):
+    from sigcell.datasets import synthetic
+
+    a = synthetic(n_cells, len(genes), n_types=3, median_genes=25, min_genes=8, seed=seed)
+    a.var_names = genes
+    a.obs["cell_type"] = a.obs["cell_type"].astype(str)
+    return a
+
+
+def _train(corpus_dir, out_dir):
+    from sigcell.data import Corpus
+    from sigcell.train import TrainConfig, pretrain
+
+    corpus = Corpus(corpus_dir)
+    cfg = TrainConfig.from_preset("tiny", {**TINY, "model.vocab_size": len(corpus.vocab),
+                                           "data.corpus": str(corpus_dir), "out_dir": str(out_dir)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pretrain(cfg)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 4-step run on a corpus of symbol genes G0..G79 (binned, full length)."""
+    from sigcell.data import TokenizerConfig, prepare_corpus
+
+    root = tmp_path_factory.mktemp("pretrained")
+    _counts(160, [f"G{j}" for j in range(80)], seed=3).write_h5ad(root / "train.h5ad")
+    config = TokenizerConfig(encoding="binned", n_bins=7)
+    prepare_corpus([root / "train.h5ad"], root / "corpus", config=config)
+    return _train(root / "corpus", root / "run")
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """An empty models folder in place of the package's."""
+    monkeypatch.setenv(pretrained.ENV_VAR, str(tmp_path / "models"))
+    return tmp_path / "models"
+
+
+def test_export_load_by_name_and_embed(tiny_run, registry, tmp_path):
+    from safetensors import safe_open
+
+    from sigcell.eval import embed
+
+    meta = pretrained.export(tiny_run, "tiny-test")
+    folder = registry / "tiny-test"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "meta.json", "model.safetensors",
+                                                      "tokenizer.json", "vocab.json"]
+    assert meta["total_bytes"] == sum(f.stat().st_size for f in folder.iterdir() if f.name != "meta.json")
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        tensors = [f.get_tensor(k) for k in f.keys()]  # noqa: SIM118 - safe_open is not a dict
+    dtypes = {str(t.dtype) for t in tensors if t.is_floating_point()}
+    assert dtypes == {"torch.bfloat16"}
+    assert "tiny-test" in pretrained.available() and "sigcell-small" in pretrained.available()
+    run = pretrained.load("tiny-test")
+    assert run.step == 4 and run.vocab.n_genes == meta["vocab_genes"]
+
+    rng = np.random.default_rng(zlib.crc32(b"export_load"))
+    genes = [f"G{j}" for j in rng.permutation(80)[:50]] + [f"OTHER{j}" for j in range(10)]
+    adata = _counts(40, genes, seed=int(rng.integers(1 << 30)))
+    with pytest.warns(UserWarning, match="10 of 60 genes are not in the model's vocabulary"):
+        embed(adata, "tiny-test")
+    emb = adata.obsm["X_sigcell"]
+    params = adata.uns["X_sigcell"]["params"]
+    assert emb.shape == (40, 32) and np.isfinite(emb).all()
+    assert params["model"] == "tiny-test" and params["n_genes_in_input"] == 60
+    assert params["n_genes_used"] == 50 and params["n_genes_unknown"] == 10
+    # the shipped bf16 model embeds like the fp32 run, up to bf16 rounding of the weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = embed(adata, str(tiny_run), copy=True).obsm["X_sigcell"]
+    cos = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.99
+
+    # the CLI: by name, counts printed, the output file written
+    src, dst = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    adata.write_h5ad(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["embed", "--model", "tiny-test", "--data", str(src), "--out", str(dst)]) == 0
+    import anndata as ad
+
+    assert ad.read_h5ad(dst).obsm["X_sigcell"].shape == (40, 32)
+    with pytest.raises(FileExistsError, match="already exists"):
+        pretrained.export(tiny_run, "tiny-test")
+    assert pretrained.export(tiny_run, "tiny-test", overwrite=True)["step"] == 4
+
+
+def test_cli_prints_known_genes(tiny_run, registry, tmp_path, capsys):
+    pretrained.export(tiny_run, "tiny-test")
+    src, dst = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    _counts(30, [f"G{j}" for j in range(20)] + ["X1", "X2"], seed=5).write_h5ad(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["embed", "--model", "tiny-test", "--data", str(src), "--out", str(dst)]) == 0
+    err = capsys.readouterr().err
+    assert "model tiny-test knows 20 of the 22 genes" in err and "2 unknown genes ignored" in err
+
+
+def test_ensembl_ids_of_a_user_file_are_mapped(tiny_run, registry, monkeypatch):
+    import sigcell.data.genes as genes_mod
+    from sigcell.eval import embed
+
+    ens = {f"ENSG{j:011d}": f"G{j}" for j in range(80)}
+    monkeypatch.setattr(genes_mod, "_SYMBOLS", ens)  # what gencode_table() would give
+    pretrained.export(tiny_run, "tiny-test")
+    adata = _counts(30, [f"ENSG{j:011d}.{j % 4 + 1}" for j in range(30)], seed=7)
+    out = embed(adata, "tiny-test", copy=True)
+    params = out.uns["X_sigcell"]["params"]
+    assert params["n_genes_used"] == 30 and params["gene_keys"]["ensembl"] == 30
+    assert np.isfinite(out.obsm["X_sigcell"]).all()
+    assert adata.var_names[0] == "ENSG00000000000.1"  # the caller's AnnData is not renamed
+
+
+def test_bad_models_and_files_get_one_clear_error(tiny_run, registry, tmp_path, capsys):
+    from sigcell.eval import embed
+
+    pretrained.export(tiny_run, "tiny-test", encoder_only=True)
+    run = pretrained.load("tiny-test")
+    assert all(np.isnan(p.detach().numpy()).all() for p in run.model.head.parameters())
+    adata = _counts(20, [f"G{j}" for j in range(30)], seed=9)
+    assert np.isfinite(embed(adata, "tiny-test", copy=True).obsm["X_sigcell"]).all()  # encoder only is enough
+
+    with pytest.raises(ValueError, match=r"unknown pretrained model 'nope'; available: \['sigcell-small', "
+                                         r"'tiny-test'\]"):
+        embed(adata, "nope")
+    with pytest.raises(FileNotFoundError, match="'sigcell-small' is known but its files are not in"):
+        embed(adata, "sigcell-small")
+    none_known = _counts(20, [f"X{j}" for j in range(30)], seed=9)
+    with pytest.raises(ValueError, match=r"none of the 30 genes of embed input .* in the model's vocabulary"):
+        embed(none_known, "tiny-test")
+    src, dst = tmp_path / "none.h5ad", tmp_path / "out.h5ad"
+    none_known.write_h5ad(src)
+    capsys.readouterr()
+    assert main(["embed", "--model", "tiny-test", "--data", str(src), "--out", str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none of the 30 genes" in err and not dst.exists()
+    assert main(["embed", "--model", "nope", "--data", str(src), "--out", str(dst)]) == 2
+    assert "unknown pretrained model 'nope'" in capsys.readouterr().err
+    assert main(["embed", "--model", "tiny-test", "--data", "not-a-dataset", "--out", str(dst)]) == 2
+    assert "not a registered dataset name" in capsys.readouterr().err
+    assert main(["embed", "--model", "tiny-test", "--data", str(src), "--out", str(dst), "--gene-col",
+                 "missing"]) == 2
+    assert "no var column 'missing'" in capsys.readouterr().err
+    assert not dst.exists()
+
+
+def test_export_list_cli(tiny_run, registry, capsys):
+    from sigcell.pretrained.__main__ import main as pmain
+
+    assert pmain(["export", str(tiny_run), "tiny-test", "--root", str(registry)]) == 0
+    out = capsys.readouterr().out
+    assert "model.safetensors" in out and "MB in all" in out
+    assert pmain(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-test" in out and "present" in out and "not shipped in this installation" in out
+    assert pmain(["export", str(registry), "x"]) == 2  # no checkpoint there
+    assert "no checkpoint found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def pbmc_run(tmp_path_factory):
+    """A 4-step run on the corpus of pbmc68k (held-out cells excluded); skips when PyPI is unreachable."""
+    from sigcell.data import TokenizerConfig, prepare_corpus
+
+    cache = shared_data_cache(tmp_path_factory)
+    root = tmp_path_factory.mktemp("pbmc")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIGCELL_DATA_DIR", str(cache))
+    prepare_corpus(["pbmc68k"], root / "corpus", config=TokenizerConfig(encoding="binned", n_bins=7))
+    yield _train(root / "corpus", root / "run"), root
+    mp.undo()
+
+
+def test_embed_a_registered_dataset_by_name(pbmc_run, tmp_path, capsys):
+    import anndata as ad
+
+    from sigcell.data import Corpus, heldout_cells
+
+    run, root = pbmc_run
+    dst = tmp_path / "pbmc.h5ad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["embed", "--model", str(run), "--data", "pbmc68k", "--out", str(dst)]) == 0
+    assert "of the 765 genes of pbmc68k" in capsys.readouterr().err
+    out = ad.read_h5ad(dst)
+    assert out.obsm["X_sigcell"].shape == (700, 32)
+    assert out.uns["X_sigcell"]["params"]["n_genes_in_input"] == 765
+    # the held-out cells recorded in the corpus are those of heldout_cells, and they can be embedded
+    held = Corpus(root / "corpus").heldout_cells()["pbmc68k"]
+    assert held == heldout_cells("pbmc68k") and np.isfinite(out[held].obsm["X_sigcell"]).all()
+    manifest = json.loads((root / "corpus" / "manifest.json").read_text())
+    assert manifest["n_cells"] == 700 - len(held)
