@@ -43,8 +43,10 @@ __all__ = [
 
 SCHEMA = "sigcell.bench.train/1"
 PRECISIONS = ("bf16", "fp32")
-# How the model runs: as written ("eager") or through torch.compile (default mode: Inductor, no CUDA graphs).
-COMPILE_MODES = ("eager", "compiled")
+# How the model runs: as written ("eager"), through torch.compile's default mode ("compiled": Inductor, no
+# CUDA graphs) or its "reduce-overhead" mode ("cudagraphs": the compiled step replayed as CUDA graphs, no
+# host launch cost; needs fixed shapes, which the benchmark's batches have).
+COMPILE_MODES = ("eager", "compiled", "cudagraphs")
 _UTC = timezone.utc  # noqa: UP017 (datetime.UTC needs Python 3.11; GPU machines may have older)
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 # The issue's targets (issue 5, "Benchmark (end to end)").
@@ -288,9 +290,12 @@ def _measure(provider: TrainProvider, case: TrainCase, layout: str, batch, cfg: 
     model = MaskedExpressionModel(model_config).to(device)
     optimizer = build_optimizer(model, OptimConfig(), device)
     run = model
-    if mode == "compiled":
+    if mode != "eager":
+        from torch._dynamo.utils import counters
+
         torch._dynamo.reset()  # a fresh cache per measurement: counts and recompile limits are its own
-        run = torch.compile(model)
+        counters.clear()
+        run = torch.compile(model, mode="reduce-overhead") if mode == "cudagraphs" else torch.compile(model)
     losses: list[torch.Tensor] = []
 
     def step() -> None:
@@ -307,7 +312,7 @@ def _measure(provider: TrainProvider, case: TrainCase, layout: str, batch, cfg: 
     try:
         with provider.patch(case, layout):
             first = first_call_ms(step, device)
-            graphs, breaks = _graph_counts() if mode == "compiled" else (None, None)
+            graphs, breaks = _graph_counts() if mode != "eager" else (None, None)
             step_times_ms(step, device, cfg.warmup)
             times, host = step_times_ms(step, device, cfg.steps, host_times=True)
             busy = _device_busy_ms(step, device)
@@ -536,8 +541,9 @@ def run_train_bench(cfg: TrainBenchConfig, log: Callable[[str], None] | None = N
                        "host's cost of issuing the step",
             "gpu_busy_ms": "sum of the CUDA kernel times of one profiled step (torch.profiler): device work "
                            "without the host's gaps",
-            "compiled": "torch.compile(model) (default mode); the optimizer step stays eager; graphs / "
-                        "graph_breaks are torch._dynamo's counters after the first step",
+            "compiled": "torch.compile(model) (default mode; 'cudagraphs': mode='reduce-overhead'); the "
+                        "optimizer step stays eager; graphs / graph_breaks are torch._dynamo's counters "
+                        "after the first step",
             "tokens": "tokens/s and cells/s count the cells' tokens (<cls> + genes), never padding",
             "memory": "peak torch.cuda.max_memory_allocated over the measurement (model, AdamW state, "
                       "activations)",

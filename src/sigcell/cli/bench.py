@@ -290,8 +290,8 @@ def _layout_list(text: str) -> list[str]:
 
 def _compile_list(text: str) -> list[str]:
     values = [x.strip() for x in text.split(",") if x.strip()]
-    if not values or any(v not in ("eager", "compiled") for v in values):
-        msg = f"--compile takes eager and / or compiled, got {text!r}"
+    if not values or any(v not in ("eager", "compiled", "cudagraphs") for v in values):
+        msg = f"--compile takes eager, compiled and / or cudagraphs (reduce-overhead), got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return values
 
@@ -341,9 +341,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tritonsigmoid", metavar="PATH",
                    help="triton-sigmoid wheel or unpacked folder, if it is not installed (default: "
                         "$SIGCELL_BENCH_TRITONSIGMOID, then .whl/triton_sigmoid-*.whl)")
-    p.add_argument("--compile", type=_compile_list, metavar="eager,compiled",
-                   help="run each provider as written and / or under torch.compile (default: both on a GPU, "
-                        "eager on the CPU)")
+    p.add_argument("--compile", type=_compile_list, metavar="eager,compiled,cudagraphs",
+                   help="run each provider as written, under torch.compile and / or torch.compile "
+                        "mode=reduce-overhead (default: eager,compiled on a GPU, eager on the CPU)")
     p.add_argument("--steps", type=int, help="timed optimizer steps per measurement (median reported)")
     p.add_argument("--warmup", type=int, help="untimed steps before them (after the first step)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
