@@ -130,12 +130,15 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_embed(args: argparse.Namespace) -> int:
+    from sigcell import pretrained
     from sigcell.eval.embed import embed, load_input
 
     dst = Path(args.out)
     if dst.exists() and not args.overwrite:
         msg = f"--out {dst} exists; pass --overwrite to replace it or choose another path"
         raise FileExistsError(msg)
+    if pretrained.is_model_name(args.model):
+        pretrained.model_dir(args.model)  # a bad name fails before the data is read
     try:
         adata = load_input(args.data)
     except FileNotFoundError as err:
