@@ -1013,10 +1013,25 @@ def _forward_impl(
     return out.contiguous()  # the fake kernel promises contiguous outputs
 
 
-_sigmoid_attn_fwd = torch.library.custom_op("sigcell::sigmoid_attn_fwd", _forward_impl, mutates_args=())
+# The ops are defined with torch.library's low-level API (define + impl) rather than
+# ``torch.library.custom_op``: custom_op wraps every call in Python (dispatch to a per-device table,
+# output-aliasing checks, an autograd wrapper), which on the H200 machine cost several hundred us of
+# host time per call inside compiled models (benchmarks/profile_compiled_step.py), more than the kernels
+# of short cells. Here the dispatcher calls the implementation directly.
+_LIBRARY = torch.library.Library("sigcell", "DEF")
 
 
-@_sigmoid_attn_fwd.register_fake
+def _define_op(name: str, impl) -> torch._ops.OpOverload:
+    """Register ``sigcell::name`` with the schema of ``impl`` (a pure function of its inputs)."""
+    _LIBRARY.define(name + torch.library.infer_schema(impl, mutates_args=()))
+    _LIBRARY.impl(name, impl, "CompositeExplicitAutograd")
+    return getattr(torch.ops.sigcell, name).default
+
+
+_sigmoid_attn_fwd = _define_op("sigmoid_attn_fwd", _forward_impl)
+
+
+@torch.library.register_fake("sigcell::sigmoid_attn_fwd")
 def _(
     q,
     k,
@@ -1089,10 +1104,10 @@ def _backward_impl(
     )
 
 
-_sigmoid_attn_bwd = torch.library.custom_op("sigcell::sigmoid_attn_bwd", _backward_impl, mutates_args=())
+_sigmoid_attn_bwd = _define_op("sigmoid_attn_bwd", _backward_impl)
 
 
-@_sigmoid_attn_bwd.register_fake
+@torch.library.register_fake("sigcell::sigmoid_attn_bwd")
 def _(
     dout,
     q,
