@@ -336,3 +336,24 @@ def test_other_supported_types_match_direct_op(model_type):
     lens = mask.sum(1).to(torch.int32)
     ref = sigmoid_attn_func(q, k, v, seq_lens_q=lens, seq_lens_k=lens)
     torch.testing.assert_close(call["out"], ref, atol=0, rtol=0)
+
+
+def test_mask_patterns_packed_accepted_others_rejected():
+    from transformers.masking_utils import (
+        and_masks,
+        bidirectional_mask_function,
+        packed_sequence_mask_function,
+        remap_positions_for_packed_sequence,
+        sliding_window_overlay,
+    )
+
+    seq = torch.tensor([[0, 0, 0, 1, 1]])
+    pos = torch.tensor([[0, 1, 2, 0, 1]])
+    packed = and_masks(
+        remap_positions_for_packed_sequence(bidirectional_mask_function, pos), packed_sequence_mask_function(seq)
+    )
+    out = st.sigmoid_mask(1, 5, 5, mask_function=packed)
+    assert out.seq_lens is None and out.kv_length == 5
+    windowed = and_masks(packed, sliding_window_overlay(2))
+    with pytest.raises(st.UnsupportedModelError, match="custom mask pattern"):
+        st.sigmoid_mask(1, 5, 5, mask_function=windowed)

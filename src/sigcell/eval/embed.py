@@ -73,7 +73,8 @@ def embed_cells(
         msg = f"batch_size must be a positive integer, got {batch_size!r}"
         raise ValueError(msg)
     device = next(model.parameters()).device
-    loader = make_dataloader(cells, batch_size=batch_size, layout=layout, shuffle=False, bucket=False)
+    # length-sorted batches (rows still land where the cells are): full-length cells pad far less
+    loader = make_dataloader(cells, batch_size=batch_size, layout=layout, shuffle=False, bucket=True)
     was_training = model.training
     model.eval()
     out: np.ndarray | None = None

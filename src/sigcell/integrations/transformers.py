@@ -281,6 +281,39 @@ def _lengths_from_mask(mask: Any, batch: int, q_length: int, kv_length: int) -> 
     raise AssertionError  # unreachable
 
 
+_PACKED_SEQUENCES = object()  # marker: transformers' "tokens only see their own packed sequence" pattern
+
+
+def _closure_value(fn: Callable, name: str) -> Any:
+    code = getattr(fn, "__code__", None)
+    if code is None or name not in code.co_freevars or fn.__closure__ is None:
+        return None
+    return fn.__closure__[code.co_freevars.index(name)].cell_contents
+
+
+def _mask_leaves(fn: Callable) -> list[Any]:
+    """The base patterns a transformers mask function is built from.
+
+    transformers (>= 5) composes masks out of closures: ``and_masks(...)`` of several patterns, and for
+    padding-free batches ``remap_positions_for_packed_sequence(pattern)`` together with
+    ``packed_sequence_mask_function`` (each token sees only its own sequence). The packed-sequence part is
+    what sigcell's varlen path does natively (from ``position_ids`` / ``cu_seq_lens``), so it is reported
+    as :data:`_PACKED_SEQUENCES`; anything unrecognised is returned as itself and rejected by the caller.
+    """
+    qualname = getattr(fn, "__qualname__", "")
+    if qualname == "and_masks.<locals>.and_mask":
+        parts = _closure_value(fn, "mask_functions")
+        if parts is not None:
+            return [leaf for part in parts for leaf in _mask_leaves(part)]
+    if qualname == "remap_positions_for_packed_sequence.<locals>.inner_mask":
+        inner = _closure_value(fn, "mask_function")
+        if inner is not None:
+            return _mask_leaves(inner)
+    if qualname == "packed_sequence_mask_function.<locals>.inner_mask":
+        return [_PACKED_SEQUENCES]
+    return [fn]
+
+
 def sigmoid_mask(
     batch_size: int,
     q_length: int,
@@ -314,15 +347,17 @@ def sigmoid_mask(
     KeyPaddingLengths
         int32 lengths ``[B]`` (``None`` when nothing is padded) and ``kv_length``.
     """
-    if mask_function is causal_mask_function:
+    leaves = _mask_leaves(mask_function)
+    if causal_mask_function in leaves:
         _unsupported(
             "sigmoid attention: this model asks for a causal mask (a decoder, or an encoder with "
             "is_decoder=True); sigcell's transformers integration supports bidirectional encoders only "
             "(see sigcell.integrations.transformers.SUPPORTED_MODEL_TYPES); keep this model on 'sdpa' or "
             "'eager'"
         )
-    if mask_function is not bidirectional_mask_function:
-        name = getattr(mask_function, "__qualname__", repr(mask_function))
+    others = [f for f in leaves if f is not bidirectional_mask_function and f is not _PACKED_SEQUENCES]
+    if others:
+        name = getattr(others[0], "__qualname__", repr(others[0]))
         _unsupported(
             f"sigmoid attention: this model asks for a custom mask pattern ({name}: sliding-window, "
             "chunked, block or combined masks), but sigcell's kernel takes one valid length per sequence; "
