@@ -118,11 +118,11 @@ def host_us_per_call() -> list[dict]:
         if name == "packed":
             lens = torch.tensor([length, length], dtype=torch.int32, device="cuda")
             cu = cu_seqlens_from_lengths(lens)
-            fwd = lambda: sigmoid_attn_varlen_func(q, k, v, cu, cu, length, length)
+            fwd = lambda q=q, k=k, v=v, cu=cu: sigmoid_attn_varlen_func(q, k, v, cu, cu, length, length)
         elif name == "padded":
-            fwd = lambda: sigmoid_attn_func(q, k, v, seq_lens_q=lens, seq_lens_k=lens)
+            fwd = lambda q=q, k=k, v=v, n=lens: sigmoid_attn_func(q, k, v, seq_lens_q=n, seq_lens_k=n)
         else:
-            fwd = lambda: sigmoid_attn_func(q, k, v)
+            fwd = lambda q=q, k=k, v=v: sigmoid_attn_func(q, k, v)
         out = fwd()
         grad = torch.randn_like(out)
         out.backward(grad)
@@ -168,7 +168,8 @@ def main() -> None:
     for lay in ("padded", "packed"):
         try:
             result["cuda_graph"][lay] = r = cuda_graph_step(args.preset, batches[lay])
-            print(f"cuda graph {lay:<7} eager {r['eager_ms']:.2f} ms/step, graph {r['graph_ms']:.2f} ms/step, "
+            print(f"cuda graph {lay:<7} eager {r['eager_ms']:.2f} ms/step, "
+                  f"graph {r['graph_ms']:.2f} ms/step, "
                   f"losses max rel diff {r['max_rel_diff']:.2e}")
         except Exception as err:  # recorded: capture failing is a finding
             result["cuda_graph"][lay] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}

@@ -349,9 +349,8 @@ def test_mask_patterns_packed_accepted_others_rejected():
 
     seq = torch.tensor([[0, 0, 0, 1, 1]])
     pos = torch.tensor([[0, 1, 2, 0, 1]])
-    packed = and_masks(
-        remap_positions_for_packed_sequence(bidirectional_mask_function, pos), packed_sequence_mask_function(seq)
-    )
+    remapped = remap_positions_for_packed_sequence(bidirectional_mask_function, pos)
+    packed = and_masks(remapped, packed_sequence_mask_function(seq))
     out = st.sigmoid_mask(1, 5, 5, mask_function=packed)
     assert out.seq_lens is None and out.kv_length == 5
     windowed = and_masks(packed, sliding_window_overlay(2))
