@@ -213,3 +213,30 @@ def test_embed_a_registered_dataset_by_name(pbmc_run, tmp_path, capsys):
     assert held == heldout_cells("pbmc68k") and np.isfinite(out[held].obsm["X_sigcell"]).all()
     manifest = json.loads((root / "corpus" / "manifest.json").read_text())
     assert manifest["n_cells"] == 700 - len(held)
+
+
+def test_token_budget_batches_a_corpus_by_tokens(tiny_run, tmp_path):
+    from sigcell.data import Corpus
+    from sigcell.train import TrainConfig
+    from sigcell.train.corpus_data import build_corpus_data
+    from sigcell.train.parallel import DistInfo
+
+    corpus_dir = tiny_run.parent / "corpus"
+    corpus = Corpus(corpus_dir, split="train")
+    budget = int(max(corpus.n_genes)) + 1 + 40
+    overrides = {**TINY, "model.vocab_size": len(corpus.vocab), "data.corpus": str(corpus_dir),
+                 "out_dir": str(tmp_path / "run"), "data.token_budget": budget, "data.layout": "packed"}
+    cfg = TrainConfig.from_preset("tiny", overrides)
+    data = build_corpus_data(cfg, DistInfo())
+    sizes = set()
+    for _ in range(12):
+        batch = next(data.train)
+        total = int(batch.cu_seqlens[-1])
+        assert total <= budget
+        sizes.add(int(batch.cu_seqlens.numel()) - 1)
+    assert len(sizes) > 1  # cells per batch follow their lengths
+    too_small = {**overrides, "data.token_budget": 2}
+    with pytest.raises(ValueError, match=r"data\.token_budget.*longest cell"):
+        build_corpus_data(TrainConfig.from_preset("tiny", too_small), DistInfo())
+    with pytest.raises(ValueError, match="corpus training"):
+        TrainConfig.from_preset("tiny", {"data.token_budget": 512})

@@ -16,6 +16,7 @@ _FLAGS: dict[str, str] = {
     "steps": "steps",
     "compile": "compile",
     "batch_size": "data.batch_size",
+    "token_budget": "data.token_budget",
     "grad_accum": "grad_accum",
     "lr": "optim.lr",
     "warmup_steps": "optim.warmup_steps",
@@ -53,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--steps", type=int, help="optimizer steps of the whole run")
     p.add_argument("--batch-size", type=int, help="cells per micro-batch per process")
+    p.add_argument("--token-budget", type=int,
+                   help="corpus: cut micro-batches by tokens instead of cells (padded counts padding)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--warmup-steps", type=int, help="linear warmup steps")

@@ -35,6 +35,9 @@ class DataConfig:
     vocab: str | None = None  # gene vocabulary JSON copied into checkpoints (default: the corpus's own)
     layout: str = "packed"  # "packed" (cu_seqlens, no padding) or "padded" (seq_lens)
     batch_size: int = 16  # cells per micro-batch per rank (global batch = batch_size * grad_accum * world)
+    # Corpus only: cut micro-batches by tokens instead (padded counts cells x longest, packed the sum of
+    # lengths), so full-length cells of very different sizes make batches of similar cost; None = batch_size.
+    token_budget: int | None = None
     max_genes: int | None = None  # keep at most this many genes per cell (plus <cls>); None = all
     mask_fraction: float = 0.15  # fraction of each cell's genes masked for prediction (>= 1 gene per cell)
     num_workers: int = 0  # dataloader worker processes (corpus only)
@@ -45,6 +48,11 @@ class DataConfig:
     def validate(self) -> None:
         _choice("data.layout", self.layout, LAYOUTS)
         _int("data.batch_size", self.batch_size)
+        if self.token_budget is not None:
+            _int("data.token_budget", self.token_budget)
+            if self.corpus is None:
+                _fail("data.token_budget applies to corpus training (--corpus); synthetic cells are "
+                      "batched by data.batch_size")
         if self.max_genes is not None:
             _int("data.max_genes", self.max_genes)
         _int("data.num_workers", self.num_workers, minimum=0)

@@ -65,13 +65,16 @@ def build_corpus_data(config: TrainConfig, dist: DistInfo) -> TrainData:
     d = config.data
     train = Corpus(d.corpus, split="train")
     check_corpus_matches(config, train)
-    loader = make_dataloader(train, batch_size=d.batch_size, layout=d.layout, shuffle=True, seed=config.seed,
-                             rank=dist.rank, world_size=dist.world_size, drop_last=True)
+    sizes = {"batch_size": d.batch_size} if d.token_budget is None else {"token_budget": d.token_budget}
+    try:
+        loader = make_dataloader(train, **sizes, layout=d.layout, shuffle=True, seed=config.seed,
+                                 rank=dist.rank, world_size=dist.world_size, drop_last=d.token_budget is None)
+    except ValueError as err:  # e.g. a token budget below the longest cell: name the config key
+        raise ValueError(f"data.token_budget / data.batch_size: {err}") from None
     val_cells = Corpus(d.corpus, split="val")
     if len(val_cells) == 0:
         val_cells = train  # a corpus prepared without a val split: held-out loss = training loss
-    val_loader = make_dataloader(val_cells, batch_size=d.batch_size, layout=d.layout, shuffle=False,
-                                 bucket=False)
+    val_loader = make_dataloader(val_cells, **sizes, layout=d.layout, shuffle=False, bucket=False)
     vocab_path = d.vocab or str(train.path / train.manifest["vocab"]["file"])
 
     def val_source(n: int) -> list[tuple[int, CellBatch]]:
