@@ -240,3 +240,22 @@ def test_token_budget_batches_a_corpus_by_tokens(tiny_run, tmp_path):
         build_corpus_data(TrainConfig.from_preset("tiny", too_small), DistInfo())
     with pytest.raises(ValueError, match="corpus training"):
         TrainConfig.from_preset("tiny", {"data.token_budget": 512})
+
+
+def test_max_genes_that_differs_from_the_corpus_is_an_error_not_ignored(tiny_run, tmp_path):
+    from sigcell.data import Corpus
+    from sigcell.train import TrainConfig
+    from sigcell.train.corpus_data import build_corpus_data
+    from sigcell.train.parallel import DistInfo
+
+    corpus_dir = tiny_run.parent / "corpus"
+    corpus = Corpus(corpus_dir)
+    overrides = {**TINY, "model.vocab_size": len(corpus.vocab), "data.corpus": str(corpus_dir),
+                 "out_dir": str(tmp_path / "run")}
+    other = 3 if corpus.config.max_genes != 3 else 4
+    with pytest.raises(ValueError, match=rf"data\.max_genes \({other}\) differs from .*--max-genes {other}"):
+        build_corpus_data(TrainConfig.from_preset("tiny", {**overrides, "data.max_genes": other}), DistInfo())
+    assert not (tmp_path / "run").exists()
+    if corpus.config.max_genes is not None:  # the corpus's own cap is accepted (compare records it so)
+        same = {**overrides, "data.max_genes": corpus.config.max_genes}
+        assert next(build_corpus_data(TrainConfig.from_preset("tiny", same), DistInfo()).train) is not None

@@ -64,6 +64,14 @@ def build_corpus_data(config: TrainConfig, dist: DistInfo) -> TrainData:
 
     d = config.data
     train = Corpus(d.corpus, split="train")
+    prepared = train.config.max_genes
+    if d.max_genes is not None and d.max_genes != prepared:
+        # A corpus is tokenized once, at prepare time; data.max_genes only records that cap (embedding
+        # tokenizes new cells with it), so a different value would be silently ignored in training.
+        msg = (f"data.max_genes ({d.max_genes}) differs from the {prepared} genes per cell this corpus was "
+               "prepared with (None = every expressed gene), and a corpus is not re-truncated at training "
+               f"time. Drop data.max_genes, or re-run `sigcell prepare --max-genes {d.max_genes}`")
+        raise ValueError(msg)
     check_corpus_matches(config, train)
     sizes = {"batch_size": d.batch_size} if d.token_budget is None else {"token_budget": d.token_budget}
     try:
