@@ -110,12 +110,9 @@ def _config(data: Path, run: Path, seed: int, steps: int, args):
         "ckpt_every": 0, "keep_checkpoints": 1, "log_every": max(1, steps // 200), "progress": False,
         "tensorboard": False, "device": args.device,
     }
-    import yaml
+    from sigcell.cli.eval import _parse_sets
 
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    return TrainConfig.from_preset("small", overrides)
+    return TrainConfig.from_preset("small", {**overrides, **_parse_sets(args.set)})
 
 
 def _embed_all(model, cells: dict, out: Path, tag: str) -> None:

@@ -243,9 +243,12 @@ def test_token_budget_batches_a_corpus_by_tokens(tiny_run, tmp_path):
 
 
 def test_max_genes_that_differs_from_the_corpus_is_an_error_not_ignored(tiny_run, tmp_path):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
     from sigcell.data import Corpus
     from sigcell.train import TrainConfig
-    from sigcell.train.corpus_data import build_corpus_data
+    from sigcell.train.corpus_data import build_corpus_data, check_corpus_matches
     from sigcell.train.parallel import DistInfo
 
     corpus_dir = tiny_run.parent / "corpus"
@@ -253,9 +256,12 @@ def test_max_genes_that_differs_from_the_corpus_is_an_error_not_ignored(tiny_run
     overrides = {**TINY, "model.vocab_size": len(corpus.vocab), "data.corpus": str(corpus_dir),
                  "out_dir": str(tmp_path / "run")}
     other = 3 if corpus.config.max_genes != 3 else 4
-    with pytest.raises(ValueError, match=rf"data\.max_genes \({other}\) differs from .*--max-genes {other}"):
+    with pytest.raises(ValueError, match=rf"data\.max_genes \({other}\) differs from the corpus.*"
+                                         rf"--max-genes {other}"):
         build_corpus_data(TrainConfig.from_preset("tiny", {**overrides, "data.max_genes": other}), DistInfo())
     assert not (tmp_path / "run").exists()
-    if corpus.config.max_genes is not None:  # the corpus's own cap is accepted (compare records it so)
-        same = {**overrides, "data.max_genes": corpus.config.max_genes}
-        assert next(build_corpus_data(TrainConfig.from_preset("tiny", same), DistInfo()).train) is not None
+    # a corpus prepared with a cap: that same cap is accepted (compare records it so), another is not
+    capped = SimpleNamespace(config=replace(corpus.config, max_genes=8), vocab=corpus.vocab)
+    check_corpus_matches(TrainConfig.from_preset("tiny", {**overrides, "data.max_genes": 8}), capped)
+    with pytest.raises(ValueError, match=r"prepared with at most 8 genes per cell"):
+        check_corpus_matches(TrainConfig.from_preset("tiny", {**overrides, "data.max_genes": 9}), capped)

@@ -42,8 +42,17 @@ class EndlessLoader:
 
 
 def check_corpus_matches(config: TrainConfig, corpus) -> None:
-    """Raise ``ValueError`` if the model cannot read the corpus (encoding, bins, vocabulary size)."""
+    """Raise ``ValueError`` if the run cannot use the corpus (encoding, bins, vocabulary size, gene cap)."""
     tok, model = corpus.config, config.model
+    cap = config.data.max_genes
+    if cap is not None and cap != tok.max_genes:
+        # A corpus is tokenized once, at prepare time; data.max_genes only records that cap (embedding
+        # tokenizes new cells with it), so a different value would be silently ignored in training.
+        prepared = "every expressed gene" if tok.max_genes is None else f"at most {tok.max_genes} genes"
+        msg = (f"data.max_genes ({cap}) differs from the corpus, which was prepared with {prepared} per "
+               "cell; a corpus is not re-truncated at training time. Drop data.max_genes, or re-run "
+               f"`sigcell prepare --max-genes {cap}`")
+        raise ValueError(msg)
     if tok.encoding != model.value_encoding:
         msg = (f"the corpus is tokenized with encoding {tok.encoding!r} but model.value_encoding is "
                f"{model.value_encoding!r}; pass --set model.value_encoding={tok.encoding}")
@@ -64,14 +73,6 @@ def build_corpus_data(config: TrainConfig, dist: DistInfo) -> TrainData:
 
     d = config.data
     train = Corpus(d.corpus, split="train")
-    prepared = train.config.max_genes
-    if d.max_genes is not None and d.max_genes != prepared:
-        # A corpus is tokenized once, at prepare time; data.max_genes only records that cap (embedding
-        # tokenizes new cells with it), so a different value would be silently ignored in training.
-        msg = (f"data.max_genes ({d.max_genes}) differs from the {prepared} genes per cell this corpus was "
-               "prepared with (None = every expressed gene), and a corpus is not re-truncated at training "
-               f"time. Drop data.max_genes, or re-run `sigcell prepare --max-genes {d.max_genes}`")
-        raise ValueError(msg)
     check_corpus_matches(config, train)
     sizes = {"batch_size": d.batch_size} if d.token_budget is None else {"token_budget": d.token_budget}
     try:
