@@ -15,6 +15,8 @@ CASES = {  # (value encoding, pooling, cell objective)
     "continuous-mean": ("continuous", "mean", "mvc"),
     "rank-mean": ("rank", "mean", "mvc"),
     "binned-none": ("binned", "cls", "none"),
+    "binned-profile": ("binned", "cls", "profile"),
+    "rank-profile-packed": ("rank", "mean", "profile"),
 }
 
 

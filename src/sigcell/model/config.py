@@ -13,7 +13,7 @@ from typing import Any
 ATTENTIONS = ("sigmoid", "softmax")
 VALUE_ENCODINGS = ("continuous", "binned", "rank")
 POOLINGS = ("cls", "mean")
-CELL_OBJECTIVES = ("none", "mvc")
+CELL_OBJECTIVES = ("none", "mvc", "profile")
 SIGMOID_BIASES = ("neg_log_n", "learned")
 NORMS = ("layernorm", "rmsnorm")
 
@@ -59,7 +59,8 @@ class ModelConfig:
     # "mvc" by default: masked-expression alone gives the pooled cell embedding no loss at all (issue 17),
     # so pretraining also predicts each masked gene's value from (cell embedding, gene embedding), in the
     # spirit of scGPT's MVC. "none" = masked-expression only, what every run before this field did.
-    cell_objective: str = "mvc"  # "none" or "mvc" (see sigcell.model.heads.CellObjectiveHead)
+    # "profile" predicts the cell's whole expression profile from its embedding (sigcell.model.heads).
+    cell_objective: str = "mvc"  # "none", "mvc" or "profile" (see sigcell.model.heads)
     cell_loss_weight: float = 1.0  # weight of the cell objective's per-token loss beside masked-expression
 
     def __post_init__(self) -> None:

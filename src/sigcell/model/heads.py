@@ -4,9 +4,14 @@ Two objectives, both summed over the masked tokens so the trainer's normalizatio
 count applies to each:
 
 * masked expression (:class:`MaskedExpressionHead`): each masked token's final state predicts its value;
-* the cell objective (:class:`CellObjectiveHead`, ``ModelConfig.cell_objective = "mvc"``): the pooled cell
-  embedding together with the gene's input embedding predicts the same value, so the cell embedding
-  itself is trained (masked value prediction from the cell embedding, in the spirit of scGPT's MVC).
+* the cell objective, one of
+
+  - ``"mvc"`` (:class:`CellObjectiveHead`): the pooled cell embedding together with the gene's input
+    embedding predicts the same value (masked value prediction, in the spirit of scGPT's MVC);
+  - ``"profile"`` (:class:`ProfileHead`): the pooled cell embedding alone predicts the cell's whole
+    expression profile as a distribution over the vocabulary: which genes the cell expresses, and how
+    much. MVC asks only about genes the cell expresses, whose per-cell bins follow mostly from the gene's
+    identity, so it can be solved without the cell embedding knowing the cell; the profile cannot.
 
 Every head runs on all tokens and weights the loss by the mask instead of gathering the masked tokens
 (a boolean index has a data-dependent shape: a device sync and a ``torch.compile`` graph break).
@@ -21,14 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sigcell.data.batch import CellBatch
-from sigcell.model.config import ModelConfig
+from sigcell.model.config import N_SPECIAL_TOKENS, ModelConfig
 from sigcell.model.encoder import CellEncoder, positions
 from sigcell.model.layout import SeqLayout
 from sigcell.model.norm import make_norm
 from sigcell.ops.padding import packed_positions
 
 __all__ = ["CellObjectiveHead", "MaskedExpressionHead", "MaskedExpressionModel", "PretrainOutput",
-           "rank_buckets"]
+           "ProfileHead", "rank_buckets"]
 
 IGNORE = -100  # cross-entropy target of the tokens that carry no loss
 
@@ -192,6 +197,72 @@ class CellObjectiveHead(nn.Module):
         return masked_loss_sum(self(cells, genes, cell_of_token), targets, mask, self.objective)
 
 
+class ProfileHead(nn.Module):
+    """The cell's expression profile from its embedding alone (``cell_objective="profile"``).
+
+    With ``h_c`` the pooled cell embedding, the head predicts a distribution over the vocabulary,
+    ``softmax(W norm(h_c) + b)``, and the loss is its cross-entropy against the cell's own profile
+    ``p_g = w_g / sum w`` over the genes ``g`` the cell holds, with the weight ``w_g`` the expression of
+    ``g``: its bin (binned), its value (continuous, clamped at 0) or 1 (rank: every listed gene). The
+    targets use the true value of masked tokens too; specials and padding never count.
+
+    ``d_model`` numbers must say which genes a cell expresses out of the whole vocabulary, so the
+    embedding is pushed to encode the cell's gene programme, the thing cell types differ by (a
+    multinomial factor model of the profile, decoded linearly as PCA's components are). The bias ``b``
+    absorbs the average profile, so ``h_c`` encodes how this cell deviates from it.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.value_encoding = config.value_encoding
+        self.norm = make_norm(config.norm, config.d_model, config.norm_eps)
+        self.decoder = nn.Linear(config.d_model, config.vocab_size)
+        nn.init.normal_(self.decoder.weight, std=config.init_std)
+        nn.init.zeros_(self.decoder.bias)
+
+    def forward(self, cells: torch.Tensor) -> torch.Tensor:
+        """``[B, vocab_size]`` logits of the profile from ``[B, d]`` cell embeddings."""
+        return self.decoder(self.norm(cells))
+
+    def token_weights(self, batch: CellBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The true gene id and the profile weight of every token (0 for specials and padding)."""
+        ids, values = batch.gene_ids, batch.values
+        if batch.mask is not None and batch.targets is not None:
+            if self.value_encoding == "rank":
+                ids = torch.where(batch.mask, batch.targets, ids)
+            else:
+                values = torch.where(batch.mask, batch.targets.to(values.dtype), values)
+        if self.value_encoding == "rank":
+            weight = torch.ones_like(ids, dtype=torch.float32)
+        else:
+            weight = values.float().clamp(min=0.0)
+        weight = torch.where(ids >= N_SPECIAL_TOKENS, weight, 0.0)
+        return ids, weight
+
+    def loss_per_cell(self, cells: torch.Tensor, batch: CellBatch, cell_of_token: torch.Tensor | None
+                      ) -> torch.Tensor:
+        """float32 ``[B]``: each cell's cross-entropy against its profile (0 for a cell without genes).
+
+        Padded batches have at most one token per (cell, gene), so the dense target is built with a
+        scatter of static shape (no device sync; ``torch.compile`` keeps one graph).
+        """
+        ids, weight = self.token_weights(batch)
+        n_cells = cells.shape[0]
+        if cell_of_token is None:  # padded: [B, L]; padding carries weight 0
+            in_cell = torch.arange(ids.shape[1], device=ids.device).view(1, -1) < batch.seq_lens.view(-1, 1)
+            weight = torch.where(in_cell, weight, 0.0)
+            rows = torch.arange(n_cells, device=ids.device).view(-1, 1).expand_as(ids)
+        else:
+            rows = cell_of_token
+        flat = (rows.reshape(-1) * self.decoder.out_features + ids.reshape(-1).long())
+        target = weight.new_zeros(n_cells * self.decoder.out_features)
+        target = target.index_add(0, flat, weight.reshape(-1)).view(n_cells, -1)
+        total = target.sum(1, keepdim=True)
+        target = target / total.clamp(min=1e-12)
+        log_p = F.log_softmax(self(cells).float(), dim=-1)
+        return -(target * log_p).sum(1)
+
+
 @dataclass
 class PretrainOutput:
     """What :meth:`MaskedExpressionModel.forward` returns.
@@ -229,7 +300,8 @@ class MaskedExpressionModel(nn.Module):
         self.config = config
         self.encoder = CellEncoder(config)
         self.head = MaskedExpressionHead(config)
-        self.cell_head = CellObjectiveHead(config) if config.cell_objective == "mvc" else None
+        heads = {"mvc": CellObjectiveHead, "profile": ProfileHead}
+        self.cell_head = heads[config.cell_objective](config) if config.cell_objective in heads else None
 
     def forward(self, batch: CellBatch) -> PretrainOutput:
         """Loss of a masked batch (``batch.mask`` and ``batch.targets`` set, see ``sigcell.train.masking``).
@@ -267,11 +339,17 @@ class MaskedExpressionModel(nn.Module):
         """
         if cells is None:
             cells = self.encoder.pool(hidden, layout)
+        cell_of_token = packed_positions(layout.cu_seqlens, batch.gene_ids.shape[0])[0] if layout.packed else None
+        if isinstance(self.cell_head, ProfileHead):
+            # per-cell loss weighted by the cell's masked count, so dividing by the step's masked count
+            # (as the trainer does) gives each cell the weight masked-expression gives it
+            per_cell = self.cell_head.loss_per_cell(cells, batch, cell_of_token)
+            n_masked = _masked_per_cell(batch.mask, cell_of_token, cells.shape[0])
+            return (per_cell * n_masked).sum()
         gene_ids = batch.gene_ids
         if self.config.value_encoding == "rank":  # masked ids read <mask>: the query is the true gene
             gene_ids = torch.where(batch.mask, batch.targets, gene_ids)
         genes = self.encoder.gene_embedding(gene_ids)
-        cell_of_token = packed_positions(layout.cu_seqlens, gene_ids.shape[0])[0] if layout.packed else None
         targets = self.cell_head.targets(batch, layout)
         return self.cell_head.loss_sum(cells, genes, cell_of_token, targets, batch.mask)
 
@@ -287,3 +365,10 @@ class MaskedExpressionModel(nn.Module):
             if self.head.objective == "gene_id":
                 total -= self.head.decoder.weight.numel() + self.head.decoder.bias.numel()
         return total
+
+
+def _masked_per_cell(mask: torch.Tensor, cell_of_token: torch.Tensor | None, n_cells: int) -> torch.Tensor:
+    """float32 ``[B]``: the number of masked tokens of each cell."""
+    if cell_of_token is None:
+        return mask.sum(1).float()
+    return mask.float().new_zeros(n_cells).index_add(0, cell_of_token, mask.float())
