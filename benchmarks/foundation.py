@@ -195,7 +195,8 @@ def train(data: Path, out: Path, args) -> None:
         _say(f"seed {seed}: {result.status} {result.step} steps in {train_s:.0f} s, "
              f"loss {result.last_loss}, val {result.last_val_loss}")
         if seed == args.seeds[0]:
-            meta = pretrained.export(run, "sigcell-small", out_root=out / "models", overwrite=True)
+            meta = pretrained.export(run, "sigcell-small", out_root=out / "models", encoder_only=True,
+                                      overwrite=True)
             summary["exported"] = {"total_bytes": meta.get("total_bytes"), "step": meta.get("step")}
         for ckpt in run.glob("checkpoints"):
             shutil.rmtree(ckpt)  # the export holds what is kept; full checkpoints are too large to return
