@@ -265,3 +265,30 @@ def test_max_genes_that_differs_from_the_corpus_is_an_error_not_ignored(tiny_run
     check_corpus_matches(TrainConfig.from_preset("tiny", {**overrides, "data.max_genes": 8}), capped)
     with pytest.raises(ValueError, match=r"prepared with at most 8 genes per cell"):
         check_corpus_matches(TrainConfig.from_preset("tiny", {**overrides, "data.max_genes": 9}), capped)
+
+
+def test_the_shipped_sigcell_small_loads_by_name_and_embeds_symbol_genes(monkeypatch):
+    """The model inside the package (no $SIGCELL_PRETRAINED_DIR): intact files, bf16, <= 30 MB, embeds."""
+    import hashlib
+
+    from sigcell.eval import embed
+
+    monkeypatch.delenv(pretrained.ENV_VAR, raising=False)
+    folder = pretrained.model_dir("sigcell-small")
+    meta = json.loads((folder / "meta.json").read_text())
+    for name, info in meta["files"].items():
+        data = (folder / name).read_bytes()
+        assert len(data) == info["bytes"] and hashlib.sha256(data).hexdigest() == info["sha256"], name
+    assert meta["total_bytes"] <= 30 * 2**20 and meta["dtype"] == "bfloat16"
+    run = pretrained.load("sigcell-small")
+    assert run.config.model.attention == "sigmoid" and run.config.model.cell_objective == "profile"
+    assert run.vocab.n_genes > 10_000
+    rng = np.random.default_rng(zlib.crc32(b"shipped"))
+    known = [run.vocab.genes[i] for i in rng.permutation(run.vocab.n_genes)[:120]]
+    adata = _counts(24, known + ["NOT_A_GENE_1", "NOT_A_GENE_2"], seed=11)
+    with pytest.warns(UserWarning, match="2 of 122 genes are not in the model's vocabulary"):
+        embed(adata, "sigcell-small")
+    emb = adata.obsm["X_sigcell"]
+    assert emb.shape == (24, 256) and np.isfinite(emb).all()
+    assert adata.uns["X_sigcell"]["params"]["n_genes_used"] == 120
+    assert float(np.linalg.norm(emb - emb.mean(0), axis=1).mean()) > 0  # cells differ

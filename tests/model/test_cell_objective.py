@@ -23,6 +23,7 @@ def masked_cells(cfg: ModelConfig, seed: int, packed: bool, n: int = 5):
 
 
 def config(encoding: str = "binned", attention: str = "softmax", **kw) -> ModelConfig:
+    kw.setdefault("cell_objective", "mvc")
     return small_config(value_encoding=encoding, max_rank=16, attention=attention, **kw)
 
 

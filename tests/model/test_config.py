@@ -27,10 +27,10 @@ BAD = [
     ({"sigmoid_bias_init": float("nan")}, "sigmoid_bias_init must be a finite number"),
     ({"qk_norm": "yes"}, "qk_norm must be true or false, got 'yes'"),
     ({"d_model": 1024, "n_heads": 2}, "head dim d_model / n_heads = 512 must lie in [1, 256]"),
-    ({"cell_objective": "contrastive"}, "cell_objective must be one of ['none', 'mvc'], got 'contrastive'"),
+    ({"cell_objective": "contrastive"}, "cell_objective must be one of ['none', 'mvc', 'profile'], got 'contrastive'"),
     ({"cell_loss_weight": -1.0}, "cell_loss_weight must be a finite number in [0.0, inf)"),
     ({"cell_loss_weight": float("inf")}, "cell_loss_weight must be a finite number"),
-    ({"cell_loss_weight": 0.0}, "cell_loss_weight is 0 with cell_objective 'mvc'"),
+    ({"cell_loss_weight": 0.0}, "cell_loss_weight is 0 with cell_objective 'profile'"),
 ]
 
 
@@ -52,8 +52,8 @@ def test_round_trip_through_dict():
 
 
 def test_the_cell_objective_is_on_by_default_and_off_in_old_dumps():
-    assert ModelConfig().cell_objective == "mvc"
-    assert ModelConfig.from_dict(load_preset("tiny")["model"]).cell_objective == "mvc"  # partial: defaults
+    assert ModelConfig().cell_objective == "profile"
+    assert ModelConfig.from_dict(load_preset("tiny")["model"]).cell_objective == "profile"  # partial: defaults
     assert ModelConfig(cell_objective="none", cell_loss_weight=0.0).cell_loss_weight == 0.0
     # A complete dump written before the field existed (a run's config.yaml) keeps the old behaviour.
     old = {k: v for k, v in ModelConfig(d_model=48, n_heads=3).to_dict().items() if k not in LEGACY_VALUES}
@@ -61,7 +61,7 @@ def test_the_cell_objective_is_on_by_default_and_off_in_old_dumps():
     assert ModelConfig.from_dict({**old, "cell_objective": "mvc"}).cell_objective == "mvc"
     partial = dict(old)
     partial.pop("dropout")  # not a complete dump: every missing field takes its dataclass default
-    assert ModelConfig.from_dict(partial).cell_objective == "mvc"
+    assert ModelConfig.from_dict(partial).cell_objective == "profile"
 
 
 @pytest.mark.parametrize(("name", "low", "high"), [
@@ -70,8 +70,11 @@ def test_presets_have_the_advertised_sizes(name, low, high):
     cfg = ModelConfig.from_dict(load_preset(name)["model"])
     with torch.device("meta"):
         model = MaskedExpressionModel(cfg)
-    assert low <= model.num_parameters() <= high
-    assert model.num_parameters(embeddings=False) < model.num_parameters()
+    # the advertised size is the encoder's (what embeds and ships); the pretraining heads come on top
+    assert low <= model.encoder.num_parameters() <= high
+    # without the per-gene tables (input embedding, the profile head's vocabulary-wide output)
+    per_gene = cfg.vocab_size * cfg.d_model
+    assert model.num_parameters(embeddings=False) <= model.num_parameters() - 2 * per_gene
 
 
 def test_preset_lookup_errors():

@@ -364,6 +364,8 @@ class MaskedExpressionModel(nn.Module):
             total -= self.encoder.num_parameters() - self.encoder.num_parameters(embeddings=False)
             if self.head.objective == "gene_id":
                 total -= self.head.decoder.weight.numel() + self.head.decoder.bias.numel()
+            if isinstance(self.cell_head, ProfileHead):  # one output per gene: a gene table too
+                total -= self.cell_head.decoder.weight.numel() + self.cell_head.decoder.bias.numel()
         return total
 
 
