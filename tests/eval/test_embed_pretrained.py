@@ -285,7 +285,7 @@ def test_the_shipped_sigcell_small_loads_by_name_and_embeds_symbol_genes(monkeyp
     assert run.vocab.n_genes > 10_000
     rng = np.random.default_rng(zlib.crc32(b"shipped"))
     known = [run.vocab.genes[i] for i in rng.permutation(run.vocab.n_genes)[:120]]
-    adata = _counts(24, known + ["NOT_A_GENE_1", "NOT_A_GENE_2"], seed=11)
+    adata = _counts(24, [*known, "NOT_A_GENE_1", "NOT_A_GENE_2"], seed=11)
     with pytest.warns(UserWarning, match="2 of 122 genes are not in the model's vocabulary"):
         embed(adata, "sigcell-small")
     emb = adata.obsm["X_sigcell"]

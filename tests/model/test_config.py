@@ -27,7 +27,8 @@ BAD = [
     ({"sigmoid_bias_init": float("nan")}, "sigmoid_bias_init must be a finite number"),
     ({"qk_norm": "yes"}, "qk_norm must be true or false, got 'yes'"),
     ({"d_model": 1024, "n_heads": 2}, "head dim d_model / n_heads = 512 must lie in [1, 256]"),
-    ({"cell_objective": "contrastive"}, "cell_objective must be one of ['none', 'mvc', 'profile'], got 'contrastive'"),
+    ({"cell_objective": "contrastive"},
+     "cell_objective must be one of ['none', 'mvc', 'profile'], got 'contrastive'"),
     ({"cell_loss_weight": -1.0}, "cell_loss_weight must be a finite number in [0.0, inf)"),
     ({"cell_loss_weight": float("inf")}, "cell_loss_weight must be a finite number"),
     ({"cell_loss_weight": 0.0}, "cell_loss_weight is 0 with cell_objective 'profile'"),
@@ -53,7 +54,8 @@ def test_round_trip_through_dict():
 
 def test_the_cell_objective_is_on_by_default_and_off_in_old_dumps():
     assert ModelConfig().cell_objective == "profile"
-    assert ModelConfig.from_dict(load_preset("tiny")["model"]).cell_objective == "profile"  # partial: defaults
+    # a partial dict (a preset) takes the defaults
+    assert ModelConfig.from_dict(load_preset("tiny")["model"]).cell_objective == "profile"
     assert ModelConfig(cell_objective="none", cell_loss_weight=0.0).cell_loss_weight == 0.0
     # A complete dump written before the field existed (a run's config.yaml) keeps the old behaviour.
     old = {k: v for k, v in ModelConfig(d_model=48, n_heads=3).to_dict().items() if k not in LEGACY_VALUES}

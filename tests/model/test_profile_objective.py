@@ -1,4 +1,4 @@
-"""The profile cell objective: the cell embedding predicts the cell's expression profile over the vocabulary."""
+"""The profile cell objective: the cell embedding predicts the cell's expression profile (vocabulary-wide)."""
 
 from __future__ import annotations
 
@@ -26,10 +26,7 @@ def reference_profile_loss(model: MaskedExpressionModel, batch, hidden: torch.Te
         weights: dict[int, float] = {}
         for j in range(1, h.shape[0]):
             gene = int(tgt[j]) if (cfg.value_encoding == "rank" and mask[j]) else int(ids[j])
-            if cfg.value_encoding == "rank":
-                w = 1.0
-            else:
-                w = max(float(tgt[j] if mask[j] else vals[j]), 0.0)
+            w = 1.0 if cfg.value_encoding == "rank" else max(float(tgt[j] if mask[j] else vals[j]), 0.0)
             weights[gene] = weights.get(gene, 0.0) + w
         z = sum(weights.values())
         if z == 0:

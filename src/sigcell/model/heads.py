@@ -339,7 +339,8 @@ class MaskedExpressionModel(nn.Module):
         """
         if cells is None:
             cells = self.encoder.pool(hidden, layout)
-        cell_of_token = packed_positions(layout.cu_seqlens, batch.gene_ids.shape[0])[0] if layout.packed else None
+        n_tokens = batch.gene_ids.shape[0]
+        cell_of_token = packed_positions(layout.cu_seqlens, n_tokens)[0] if layout.packed else None
         if isinstance(self.cell_head, ProfileHead):
             # per-cell loss weighted by the cell's masked count, so dividing by the step's masked count
             # (as the trainer does) gives each cell the weight masked-expression gives it
