@@ -292,3 +292,51 @@ def test_the_shipped_sigcell_small_loads_by_name_and_embeds_symbol_genes(monkeyp
     assert emb.shape == (24, 256) and np.isfinite(emb).all()
     assert adata.uns["X_sigcell"]["params"]["n_genes_used"] == 120
     assert float(np.linalg.norm(emb - emb.mean(0), axis=1).mean()) > 0  # cells differ
+
+
+def test_damaged_weights_nan_embeddings_and_all_zero_cells_get_one_clear_error(
+        tiny_run, registry, tmp_path, capsys):
+    import scipy.sparse as sp
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from sigcell.eval import embed
+
+    pretrained.export(tiny_run, "tiny-test")
+    adata = _counts(20, [f"G{j}" for j in range(30)], seed=13)
+    src, dst = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    adata.write_h5ad(src)
+
+    # a model whose weights turned NaN in memory: the embeddings are refused, not written
+    run = pretrained.load("tiny-test")
+    with torch.no_grad():
+        run.model.encoder.blocks[0].mlp.fc1.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite \(NaN / inf\) embeddings for 20 of 20 cells"):
+        embed(adata, run, copy=True)
+    assert "X_sigcell" not in adata.obsm
+
+    # a damaged weights file: refused at load, by the API and the CLI (exit 2, one line, no output)
+    weights_path = registry / "tiny-test" / "model.safetensors"
+    weights = load_file(str(weights_path))
+    name = next(k for k in weights if k.startswith("encoder.") and weights[k].is_floating_point())
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, str(weights_path))
+    want = rf"non-finite \(NaN / inf\) weights in 1 tensor\(s\) \(e.g. {name}\)"
+    with pytest.raises(ValueError, match=want):
+        pretrained.load("tiny-test")
+    capsys.readouterr()
+    assert main(["embed", "--model", "tiny-test", "--data", str(src), "--out", str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the file is damaged" in err and not dst.exists()
+
+    # every cell all-zero: nothing to embed is an error, not a matrix of NaN
+    pretrained.export(tiny_run, "tiny-test", overwrite=True)
+    zeros = adata.copy()
+    zeros.X = sp.csr_matrix(zeros.shape, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"none of the 20 cells of .* expresses any of the 30 known genes"):
+        embed(zeros, "tiny-test", copy=True)
+    zeros.write_h5ad(src)
+    capsys.readouterr()
+    assert main(["embed", "--model", "tiny-test", "--data", str(src), "--out", str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expresses any of the 30 known genes" in err and not dst.exists()

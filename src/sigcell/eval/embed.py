@@ -89,6 +89,13 @@ def embed_cells(
     finally:
         model.train(was_training)
     assert out is not None  # make_dataloader refuses an empty source
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        msg = (f"embed: the model gave non-finite (NaN / inf) embeddings for {int(bad.sum())} of {len(out)} "
+               "cells (e.g. cell {}); its weights or the input values are not finite: check the input "
+               "matrix for NaN / inf, and re-export or reinstall the model if its file may be damaged"
+               ).format(int(np.flatnonzero(bad)[0]))
+        raise ValueError(msg)
     return out
 
 
@@ -187,7 +194,8 @@ def embed(
     Genes are matched to the model's vocabulary by identifier, Ensembl ids (with or without a version
     suffix) mapped to GENCODE symbols first (``sigcell.data.harmonize_genes``) unless the vocabulary
     is keyed by Ensembl id; genes it does not know are ignored and counted (a warning says how many).
-    Cells left without any known gene get a row of NaN; a file without any known gene is refused.
+    Cells left without any known gene get a row of NaN; a file without any known gene, or whose cells
+    express none of them, is refused, and so are non-finite embeddings (damaged weights, NaN input).
 
     Parameters
     ----------
@@ -269,6 +277,12 @@ def embed(
             f"({run.vocab.n_genes} genes) and were ignored (e.g. {list(match.unknown_examples)[:5]})",
             UserWarning, stacklevel=2)
     cells = tokenize(checked, run.vocab, config, empty="drop")
+    if not len(cells):
+        msg = (f"embed: none of the {checked.n_obs} cells of {source} expresses any of the "
+               f"{match.n_known} known genes (all their counts are zero); there is nothing to embed: check "
+               "that the matrix read holds counts or expression values: layer= / use_raw= "
+               "(--layer / --use-raw)")
+        raise ValueError(msg)
     emb = np.full((checked.n_obs, run.config.model.d_model), np.nan, dtype=np.float32)
     if len(cells):
         emb[cells.cell_index] = embed_cells(run.model, cells, batch_size=batch_size, pooling=pooling,

@@ -127,6 +127,11 @@ def load(name: str, device: str = "cpu"):
     model = MaskedExpressionModel(config.model)
     stored = load_file(str(folder / WEIGHTS))
     weights = {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
+    damaged = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if damaged:
+        msg = (f"{folder / WEIGHTS} holds non-finite (NaN / inf) weights in {len(damaged)} tensor(s) (e.g. "
+               f"{damaged[0]}); the file is damaged: reinstall sigcell or re-export the model")
+        raise ValueError(msg)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     bad = [k for k in missing if k.startswith("encoder.")] + list(unexpected)
     if bad:
