@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -176,3 +177,48 @@ def test_cli_prepare(tmp_path, rng, capsys):
     assert rc == 2 and "already exists" in capsys.readouterr().err
     rc = main(["prepare", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "x"), "--quiet"])
     assert rc == 2 and "missing.h5ad: no such file" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_only_a_sigcell_corpus(tmp_path, rng, capsys):
+    paths = _files(tmp_path, rng, 1)
+    cfg = TokenizerConfig(encoding="binned")
+    # a folder holding a user's file: refused, the file kept, nothing left beside it
+    user = tmp_path / "notes"
+    user.mkdir()
+    (user / "thesis.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"is not a sigcell corpus .* replaces only a corpus that"):
+        prepare_corpus(paths, user, config=cfg, overwrite=True)
+    assert (user / "thesis.txt").read_text() == "mine"
+    # a plain file: refused, left as it was (not renamed)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("keep")
+    with pytest.raises(FileExistsError, match="exists and is not a folder"):
+        prepare_corpus(paths, plain, config=cfg, overwrite=True)
+    assert plain.read_text() == "keep"
+    capsys.readouterr()
+    assert main(["prepare", str(paths[0]), "--out", str(user), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a sigcell corpus" in err and (user / "thesis.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    # an empty folder and an earlier corpus are replaced
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    prepare_corpus(paths, empty, config=cfg, overwrite=True)
+    assert Corpus(empty).config.encoding == "binned"
+    prepare_corpus(paths, empty, config=cfg, overwrite=True)
+
+
+def test_a_killed_prepare_leaves_no_partial_folder_behind_the_next_run(tmp_path, rng):
+    import subprocess
+    import sys
+
+    paths = _files(tmp_path, rng, 1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".c.partial-{dead.pid}"
+    stale.mkdir()
+    (stale / "vocab.json").write_text("{}")
+    alive = tmp_path / f".c.partial-{os.getppid()}"  # a running process's folder is not touched
+    alive.mkdir()
+    prepare_corpus(paths, tmp_path / "c", config=TokenizerConfig(encoding="binned"))
+    assert not stale.exists() and alive.exists()

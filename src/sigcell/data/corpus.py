@@ -286,6 +286,8 @@ def prepare_corpus(
     if out_dir.exists() and not overwrite:
         msg = f"{out_dir} already exists; choose another --out or pass overwrite=True (--overwrite)"
         raise FileExistsError(msg)
+    if out_dir.exists():
+        _check_replaceable(out_dir)
     hold = _Holdout(bool(holdout), label_col, heldout_fraction, max_heldout, split_seed)
     srcs = _resolve_inputs(inputs, hold)
     if map_ensembl is None:
@@ -293,6 +295,7 @@ def prepare_corpus(
     load_kw = {"layer": layer, "use_raw": use_raw, "gene_col": gene_col, "holdout": hold,
                "map_ensembl": map_ensembl, "gene_table": gene_table}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -427,6 +430,43 @@ def prepare_corpus(
             writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to overwrite anything but a sigcell corpus or an empty folder (never a user's files)."""
+    if not out_dir.is_dir():
+        msg = (f"{out_dir} exists and is not a folder; --overwrite replaces only a corpus that sigcell "
+               "wrote: choose another --out or move the file away")
+        raise FileExistsError(msg)
+    if not any(out_dir.iterdir()):
+        return
+    manifest = out_dir / "manifest.json"
+    try:
+        ours = json.loads(manifest.read_text()).get("format") == _FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        msg = (f"{out_dir} is not a sigcell corpus (no sigcell manifest.json); --overwrite replaces only a "
+               "corpus that sigcell wrote: choose another --out, or empty or remove that folder yourself")
+        raise FileExistsError(msg)
+
+
+def _remove_stale_partials(out_dir: Path) -> None:
+    """Delete ``.NAME.partial-PID`` folders of earlier runs whose process is gone (a killed prepare)."""
+    for path in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def summarize_manifest(manifest: dict) -> str:
