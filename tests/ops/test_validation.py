@@ -134,3 +134,62 @@ def test_lengths_changed_in_place_give_new_results():
     got = sigmoid_attn_func(qd, kd, vd, seq_lens_q=lens, seq_lens_k=lens)
     want = sigmoid_attn_func(qd, kd, vd, seq_lens_q=lens.clone(), seq_lens_k=lens.clone())
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def _write(kind: str, t: torch.Tensor, buf, values: list[int]) -> torch.Tensor:
+    """Put ``values`` into the caller's lengths tensor behind torch's back (or through it)."""
+    import numpy as np
+
+    if kind == "numpy_view":  # t.numpy()[:] = ...: torch's version counter does not move
+        t.numpy()[:] = values
+    elif kind == "data":  # t.data[:] = ...: a new view with its own version counter
+        t.data[:] = torch.tensor(values, dtype=t.dtype)
+    elif kind == "from_numpy":  # the caller reuses one numpy buffer and wraps it each step
+        buf[:] = np.asarray(values, dtype=buf.dtype)
+        return torch.from_numpy(buf)
+    else:  # an ordinary in-place write
+        t.copy_(torch.tensor(values, dtype=t.dtype))
+    return t
+
+
+def _outcome(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as err:
+        return str(err)
+
+
+@pytest.mark.parametrize("kind", ["numpy_view", "data", "from_numpy", "copy_"])
+def test_lengths_and_offsets_mutated_between_calls_match_a_fresh_tensor(kind):
+    """Fuzz: one lengths / offsets tensor reused across calls, its values changed in place in every way a
+    caller can; each call gives what the same values in a fresh tensor give (result or error)."""
+    import numpy as np
+
+    rng = np.random.default_rng(17)
+    q, k, v = qkv(b=3, lq=6, lk=6)
+    buf = np.zeros(3, dtype=np.int32)
+    lens = torch.from_numpy(buf) if kind == "from_numpy" else torch.zeros(3, dtype=I32)
+    qp, kp, vp = packed(t=9)
+    cu_buf = np.zeros(4, dtype=np.int32)
+    cu = torch.from_numpy(cu_buf) if kind == "from_numpy" else torch.zeros(4, dtype=I32)
+    for trial in range(30):
+        values = rng.integers(0, 8 if trial % 3 == 0 else 7, size=3).tolist()  # 6 is the largest valid
+        lens = _write(kind, lens, buf, values)
+        got = _outcome(sigmoid_attn_func, q, k, v, seq_lens_q=lens, seq_lens_k=lens)
+        fresh = torch.tensor(values, dtype=I32)
+        want = _outcome(sigmoid_attn_func, q, k, v, seq_lens_q=fresh, seq_lens_k=fresh)
+        if isinstance(want, str):
+            assert got == want, (trial, values)
+        else:
+            torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"trial {trial}: {values}")
+
+        cuts = sorted(rng.integers(0, 10, size=2).tolist())
+        offsets = [0, *cuts, 9] if trial % 4 else [0, cuts[1], cuts[0], 9 + int(rng.integers(0, 2))]
+        cu = _write(kind, cu, cu_buf, offsets)
+        got = _outcome(sigmoid_attn_varlen_func, qp, kp, vp, cu, cu, 9, 9)
+        fresh_cu = torch.tensor(offsets, dtype=I32)
+        want = _outcome(sigmoid_attn_varlen_func, qp, kp, vp, fresh_cu, fresh_cu, 9, 9)
+        if isinstance(want, str):
+            assert got == want, (trial, offsets)
+        else:
+            torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"trial {trial}: {offsets}")

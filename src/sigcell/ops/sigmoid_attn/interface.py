@@ -1266,16 +1266,20 @@ def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, max_seqlen: int, 
     _passed_value_check(cu, (total, max_seqlen))
 
 
-# What sigcell learned from the values of a caller's tensor (that they passed a check; lengths and the
-# default bias derived from them), remembered while the tensor is alive and unchanged: reading values on
-# the host is a device sync, and deriving tensors costs launches, so a tensor passed to every layer of a
-# model is handled once, not per layer; an in-place change bumps its version and starts over.
-# Keyed by (id(), what) with a weak reference (tensors compare elementwise, so they cannot be dict keys).
+# What sigcell learned from the values of a caller's GPU tensor (that they passed a check; lengths and
+# the default bias derived from them), remembered while the tensor is alive and unchanged: reading values
+# on the host is a device sync, and deriving tensors costs launches, so a tensor passed to every layer of a
+# model is handled once, not per layer; an in-place change through torch bumps its version and starts over.
+# CPU tensors are never remembered: their values cost nothing to read, and writes that torch does not see
+# (a numpy view, ``.data[i] =``) would leave a stale entry, so on the CPU every call checks and derives
+# afresh. Keyed by (id(), what) with a weak reference (tensors compare elementwise: no dict keys).
 _per_tensor: dict[tuple, tuple[weakref.ref, tuple[int, int], object]] = {}
 
 
 def _recall(t: torch.Tensor, what: tuple) -> object | None:
     """What :func:`_remember` stored for ``t`` under ``what``, or None if ``t`` changed since."""
+    if not t.is_cuda:
+        return None
     entry = _per_tensor.get((id(t), *what))
     if entry is not None and entry[0]() is t and entry[1] == (t._version, t.data_ptr()):
         return entry[2]
@@ -1283,6 +1287,8 @@ def _recall(t: torch.Tensor, what: tuple) -> object | None:
 
 
 def _remember(t: torch.Tensor, what: tuple, value: object) -> None:
+    if not t.is_cuda:
+        return
     key = (id(t), *what)
     # The table is bound as a default: at interpreter exit the module's globals may already be None.
     ref = weakref.ref(t, lambda _, key=key, table=_per_tensor: table.pop(key, None))
