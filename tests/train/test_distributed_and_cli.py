@@ -207,3 +207,19 @@ def test_unknown_yaml_field_and_synthetic_size_errors(tmp_path):
         TrainConfig.from_preset(bad)
     with pytest.raises(ValueError, match=r"max_genes .* exceeds the 64 genes of the vocabulary"):
         pretrain(tiny_config(tmp_path / "r", data__synthetic_max_genes=100))
+
+
+def test_cli_resume_over_a_damaged_checkpoint_warns_in_one_line_and_refuses_fewer_steps(tmp_path, capsys):
+    from sigcell.cli import main
+
+    out = tmp_path / "run"
+    assert main(["pretrain", *_cli_flags(out)]) == 0  # checkpoints 2 and 4
+    newest = out / "checkpoints" / "step_00000004" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:64])
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(out), "--resume", "--steps", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("sigcell pretrain: warning: --resume: skipping damaged checkpoint step_00000004: "
+                      "unreadable (SafetensorError)")
+    assert len(err) == 2 and "already at step 2; pass --steps above 2" in err[1] and ".py" not in err[1]
+    assert main(["pretrain", "--out", str(out), "--resume", "--steps", "4", "--no-progress"]) == 0

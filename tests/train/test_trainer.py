@@ -200,3 +200,48 @@ def test_compiled_run_trains_like_the_eager_one(tmp_path, monkeypatch, layout):
     final = [r for r in last if r["step"] == 6 and r["kind"] == "train"][-1]
     assert any(k.startswith("attn/") for k in final), "the last step records attention statistics"
     assert final["loss/expression"] <= final["loss"]  # the objectives' shares are logged
+
+
+def _records(out_dir, kind: str = "train") -> list[int]:
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines if json.loads(line)["kind"] == kind]
+
+
+def test_resume_skips_a_damaged_newest_checkpoint_and_logs_each_step_once(tmp_path):
+    cfg = tiny_config(tmp_path, steps=12, ckpt_every=3, val_every=0, keep_checkpoints=3)
+    pretrain(cfg, until=8)  # checkpoints 3 and 6; steps 7-8 logged, then "killed"
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000003", "step_00000006"]
+    weights = root / "step_00000006" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated by a crash mid-write / a full disk
+    with pytest.warns(UserWarning, match=r"skipping damaged checkpoint step_00000006: unreadable"):
+        trainer = Trainer(cfg, resume=True)
+    assert trainer.step == 3
+    result = trainer.fit()
+    assert result.status == "completed" and result.step == 12
+    assert _records(tmp_path) == list(range(1, 13))  # 4..8 were logged twice before the fix
+
+
+def test_resume_skips_non_finite_checkpoints_and_fails_clearly_without_an_intact_one(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cfg = tiny_config(tmp_path, steps=8, ckpt_every=2, val_every=0, keep_checkpoints=2)
+    pretrain(cfg, until=4)
+    root = tmp_path / "checkpoints"
+    newest = root / "step_00000004" / "model.safetensors"
+    weights = load_file(str(newest))
+    weights["encoder.norm.weight"] = torch.full_like(weights["encoder.norm.weight"], float("nan"))
+    save_file(weights, str(newest))
+    with pytest.warns(UserWarning, match=r"step_00000004: non-finite weights \(encoder.norm.weight\)"):
+        assert Trainer(cfg, resume=True).step == 2
+    (root / "step_00000002" / "state.pt").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match=r"no intact checkpoint \(step_00000004: non-finite .*; "
+                                         r"step_00000002: unreadable"), pytest.warns(UserWarning):
+        Trainer(cfg, resume=True)
+
+
+def test_resume_with_fewer_steps_than_done_is_an_error(tmp_path):
+    pretrain(tiny_config(tmp_path, steps=8))
+    with pytest.raises(ValueError, match="already at step 8; pass --steps above 8"):
+        Trainer(tiny_config(tmp_path, steps=4), resume=True)
+    assert Trainer(tiny_config(tmp_path, steps=8), resume=True).fit().status == "completed"

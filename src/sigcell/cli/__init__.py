@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # One module per area; each defines ``register(subparsers) -> None``.
 COMMAND_MODULES: tuple[str, ...] = ("sigcell.cli.bench", "sigcell.cli.train", "sigcell.cli.data",
@@ -43,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # a library warning reaches a CLI user as one line, without a Python file path / source line
+            def show(message, category, filename, lineno, file=None, line=None):
+                print(f"sigcell {args.command}: warning: {message}", file=sys.stderr, flush=True)
+
+            warnings.showwarning = show
+            return int(args.func(args) or 0)
     except (CliError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"sigcell {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -106,6 +106,37 @@ def find_checkpoint(path: str | os.PathLike) -> Path | None:
     return None
 
 
+def newest_intact_checkpoint(out_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint of a run that reads back whole with finite weights, and why newer ones did not.
+
+    Returns
+    -------
+    (checkpoint folder or None, one line per skipped newer checkpoint: ``"step_...: reason"``)
+    """
+    root = Path(out_dir) / "checkpoints"
+    skipped: list[str] = []
+    for ckpt in sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True):
+        reason = checkpoint_problem(ckpt)
+        if reason is None:
+            return ckpt, skipped
+        skipped.append(f"{ckpt.name}: {reason}")
+    return None, skipped
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why checkpoint folder ``ckpt`` cannot be resumed from (unreadable, partial, non-finite), or None."""
+    try:
+        weights, state, _ = read_checkpoint(ckpt)
+    except Exception as err:  # any damage: truncated safetensors, bad pickle, bad YAML, missing file
+        return f"unreadable ({type(err).__name__})"
+    if "step" not in state:
+        return "its state.pt holds no step"
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        return f"non-finite weights ({bad[0]})"
+    return None
+
+
 def read_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], TrainConfig]:
     """(weights, state, config) of a checkpoint folder, loaded without unpickling anything but tensors."""
     import yaml

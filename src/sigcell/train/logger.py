@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ class MetricsLogger:
     """Writes ``<out_dir>/metrics.jsonl`` (+ ``<out_dir>/tensorboard/``) and draws a progress bar.
 
     Only the main rank gets an enabled logger; the others get ``enabled=False`` and do nothing.
-    Records are appended, so a resumed run continues the same file (steps after the checkpoint appear
-    twice; the later record is the resumed run's).
+    Records are appended, so a resumed run continues the same file; records of steps after
+    ``start_step`` (logged after the checkpoint a resumed run starts from, then lost) are dropped first,
+    so no step appears twice.
     """
 
     def __init__(self, out_dir: str | Path, total_steps: int, enabled: bool = True, tensorboard: bool = True,
@@ -29,6 +31,7 @@ class MetricsLogger:
             return
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        _drop_records_after(out / "metrics.jsonl", start_step)
         self._file = open(out / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -79,3 +82,25 @@ class MetricsLogger:
         if self._file is not None:
             self._file.close()
         self._file = self._tb = self._progress = None
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Rewrite ``path`` (atomically) without the records of steps after ``step``; unparsable lines stay."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+
+    def keep(line: str) -> bool:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return True
+        later = isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step
+        return not later
+
+    kept = [line for line in lines if keep(line)]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)

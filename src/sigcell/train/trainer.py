@@ -12,6 +12,7 @@ import math
 import random
 import resource
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,12 @@ from sigcell.data.batch import CellBatch
 from sigcell.model.heads import MaskedExpressionModel
 from sigcell.model.validate import check_batch
 from sigcell.train import parallel
-from sigcell.train.checkpoint import find_checkpoint, read_checkpoint, write_checkpoint
+from sigcell.train.checkpoint import (
+    find_checkpoint,
+    newest_intact_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from sigcell.train.config import TrainConfig
 from sigcell.train.data import TrainData, build_data, mix_seed
 from sigcell.train.logger import MetricsLogger
@@ -125,7 +131,7 @@ class Trainer:
         self.dist = parallel.init_distributed(config.device)
         self.device = self.dist.device
         self.out_dir = Path(config.out_dir)
-        ckpt = find_checkpoint(self.out_dir) if resume else None
+        ckpt = self._resume_point() if resume else None
         has_run = parallel.broadcast_object(self._has_run() if self.dist.is_main else None)
         if not resume and has_run:
             msg = (f"{str(self.out_dir)!r} already holds a run (checkpoints or metrics.jsonl); pass --resume "
@@ -298,6 +304,17 @@ class Trainer:
         self.last_val_expression_loss = expression_sum / max(count, 1.0)
         return self.last_val_loss
 
+    def _resume_point(self) -> Path | None:
+        """The newest intact checkpoint; damaged newer ones are reported and skipped, never loaded."""
+        ckpt, skipped = newest_intact_checkpoint(self.out_dir)
+        for line in skipped:
+            warnings.warn(f"--resume: skipping damaged checkpoint {line}", UserWarning, stacklevel=3)
+        if ckpt is None and skipped:
+            msg = (f"cannot resume {str(self.out_dir)!r}: no intact checkpoint ({'; '.join(skipped)}); "
+                   "start a fresh run in another --out")
+            raise ValueError(msg)
+        return ckpt
+
     # ------------------------------------------------------------------------------------------------
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (every rank must call; rank 0 writes)."""
@@ -338,6 +355,10 @@ class Trainer:
         _set_rng_state(mine["rng"])
         self.step = int(state["step"])
         self.last_val_loss = state.get("last_val_loss")
+        if self.config.steps < self.step:
+            msg = (f"cannot resume {ckpt} to {self.config.steps} steps: the run is already at step "
+                   f"{self.step}; pass --steps above {self.step} to train further")
+            raise ValueError(msg)
 
     # ------------------------------------------------------------------------------------------------
     def fit(self, until: int | None = None) -> TrainResult:
@@ -348,7 +369,7 @@ class Trainer:
         """
         cfg = self.config
         end = cfg.steps if until is None else min(until, cfg.steps)
-        last_ckpt = find_checkpoint(self.out_dir)
+        last_ckpt = newest_intact_checkpoint(self.out_dir)[0]
         metrics: dict[str, float] = {}
         self.wrapped.train()
         try:
