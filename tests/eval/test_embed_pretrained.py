@@ -340,3 +340,64 @@ def test_damaged_weights_nan_embeddings_and_all_zero_cells_get_one_clear_error(
     assert main(["embed", "--model", "tiny-test", "--data", str(src), "--out", str(dst)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expresses any of the 30 known genes" in err and not dst.exists()
+
+
+def _one_error_line(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_damaged_files_bad_paths_and_devices_get_one_line_and_exit_2(tiny_run, registry, tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    good = tmp_path / "in.h5ad"
+    _counts(20, [f"G{j}" for j in range(30)], seed=21).write_h5ad(good)
+    truncated = tmp_path / "truncated.h5ad"
+    truncated.write_bytes(good.read_bytes()[:500])
+    text = tmp_path / "text.h5ad"
+    text.write_text("cell,gene\n")
+    for bad in (truncated, text):
+        err = _one_error_line(capsys, ["embed", "--model", str(tiny_run), "--data", str(bad),
+                                       "--out", str(tmp_path / "o.h5ad")])
+        assert "sigcell embed: error:" in err and not (tmp_path / "o.h5ad").exists()
+    # --out is a folder / lies under a file
+    err = _one_error_line(capsys, ["embed", "--model", str(tiny_run), "--data", str(good),
+                                   "--out", str(tmp_path)])
+    assert "sigcell embed: error:" in err
+    err = _one_error_line(capsys, ["embed", "--model", str(tiny_run), "--data", str(good),
+                                   "--out", str(good / "x.h5ad")])
+    assert "sigcell embed: error:" in err
+    # a damaged run: truncated weights, a state.pt that is not a pickle (its advice is never shown)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    ckpt = next((run / "checkpoints").glob("step_*"))
+    (ckpt / "state.pt").write_bytes(b"garbage")
+    err = _one_error_line(capsys, ["embed", "--model", str(run), "--data", str(good),
+                                   "--out", str(tmp_path / "o.h5ad")])
+    assert "state.pt is damaged (UnpicklingError)" in err and "weights_only" not in err
+    (ckpt / "model.safetensors").write_bytes(b"\x00" * 10)
+    err = _one_error_line(capsys, ["embed", "--model", str(run), "--data", str(good),
+                                   "--out", str(tmp_path / "o.h5ad")])
+    assert "model.safetensors is damaged" in err
+    # a shipped-model folder with a damaged weights file
+    pretrained.export(tiny_run, "tiny-test")
+    (registry / "tiny-test" / "model.safetensors").write_bytes(b"\x01" * 16)
+    err = _one_error_line(capsys, ["embed", "--model", "tiny-test", "--data", str(good),
+                                   "--out", str(tmp_path / "o.h5ad")])
+    assert "cannot be read" in err and "reinstall sigcell or re-export" in err
+    # a config file that is not YAML
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model: {d_model: [1, 2\n")
+    err = _one_error_line(capsys, ["pretrain", "--config", str(bad_yaml), "--out", str(tmp_path / "r"),
+                                   "--dry-run"])
+    assert "is not valid YAML" in err
+    if not torch.cuda.is_available():
+        err = _one_error_line(capsys, ["embed", "--model", str(tiny_run), "--data", str(good),
+                                       "--out", str(tmp_path / "o.h5ad"), "--device", "cuda"])
+        assert "torch sees no CUDA GPU" in err
+    assert not (tmp_path / "o.h5ad").exists()

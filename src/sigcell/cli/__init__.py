@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"sigcell {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # permissions, a folder where a file is expected, a truncated .h5ad, ...
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"sigcell {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"sigcell {args.command}: interrupted", file=sys.stderr)
         return 130

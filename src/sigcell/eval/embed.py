@@ -132,6 +132,11 @@ def tokenizer_of(run: Any):
 def _load_run(model_or_run_dir: Any, device: str | torch.device):
     from sigcell.train.checkpoint import LoadedRun, load_checkpoint
 
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        msg = (f"device {str(device)!r} was requested but torch sees no CUDA GPU; use device 'cpu' "
+               "(--device cpu)")
+        raise ValueError(msg)
+
     if isinstance(model_or_run_dir, LoadedRun):
         return model_or_run_dir
     if isinstance(model_or_run_dir, (str, os.PathLike)):

@@ -40,8 +40,14 @@ def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
     import yaml
 
     path = preset_path(name_or_path)
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        msg = f"config file {str(path)!r} is not valid YAML{at}: {getattr(err, 'problem', None) or err}"
+        raise ValueError(msg) from None
     if not isinstance(data, dict):
         msg = f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}"
         raise ValueError(msg)

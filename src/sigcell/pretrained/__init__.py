@@ -119,13 +119,24 @@ def load(name: str, device: str = "cpu"):
     from sigcell.train.config import TrainConfig
 
     folder = model_dir(name)
-    meta = json.loads((folder / META).read_text())
+    try:
+        meta = json.loads((folder / META).read_text())
+    except ValueError:
+        msg = f"{folder / META} is not valid JSON: the model folder is damaged; reinstall or re-export it"
+        raise ValueError(msg) from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         msg = f"{folder / META}: not a {FORMAT} v{VERSION} model; re-export it with this sigcell"
         raise ValueError(msg)
-    config = TrainConfig.from_dict(yaml.safe_load((folder / CONFIG).read_text()))
+    try:
+        config = TrainConfig.from_dict(yaml.safe_load((folder / CONFIG).read_text()))
+        stored = load_file(str(folder / WEIGHTS))
+    except Exception as err:  # YAML, JSON, safetensors' own error type, OS errors
+        if isinstance(err, FileNotFoundError):
+            raise
+        msg = (f"model {name!r} in {folder} cannot be read ({type(err).__name__}): a file is damaged; "
+               "reinstall sigcell or re-export the model")
+        raise ValueError(msg) from None
     model = MaskedExpressionModel(config.model)
-    stored = load_file(str(folder / WEIGHTS))
     weights = {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
     damaged = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if damaged:

@@ -127,8 +127,8 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     """Why checkpoint folder ``ckpt`` cannot be resumed from (unreadable, partial, non-finite), or None."""
     try:
         weights, state, _ = read_checkpoint(ckpt)
-    except Exception as err:  # any damage: truncated safetensors, bad pickle, bad YAML, missing file
-        return f"unreadable ({type(err).__name__})"
+    except DamagedCheckpoint as err:
+        return err.reason
     if "step" not in state:
         return "its state.pt holds no step"
     bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -137,13 +137,33 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     return None
 
 
+class DamagedCheckpoint(ValueError):
+    """A checkpoint file is missing or unreadable; ``reason`` says which, in a few words."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def read_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], TrainConfig]:
     """(weights, state, config) of a checkpoint folder, loaded without unpickling anything but tensors."""
     import yaml
 
-    weights = load_file(str(ckpt / WEIGHTS))
-    state = torch.load(ckpt / STATE, map_location="cpu", weights_only=True)
-    config = TrainConfig.from_dict(yaml.safe_load((ckpt / CONFIG).read_text()))
+    parts = ((WEIGHTS, lambda: load_file(str(ckpt / WEIGHTS))),
+             (STATE, lambda: torch.load(ckpt / STATE, map_location="cpu", weights_only=True)),
+             (CONFIG, lambda: TrainConfig.from_dict(yaml.safe_load((ckpt / CONFIG).read_text()))))
+    loaded = []
+    for name, read in parts:
+        try:
+            loaded.append(read())
+        except FileNotFoundError:
+            msg = f"checkpoint {ckpt} has no {name}: it is incomplete; use another checkpoint of the run"
+            raise DamagedCheckpoint(msg, f"incomplete (no {name})") from None
+        except Exception as err:  # truncated / corrupt file; the unpickler's own advice is never shown
+            msg = (f"checkpoint {ckpt}: {name} is damaged ({type(err).__name__}); use another checkpoint "
+                   "of the run (--resume picks the newest intact one)")
+            raise DamagedCheckpoint(msg, f"unreadable ({type(err).__name__})") from None
+    weights, state, config = loaded
     return weights, state, config
 
 
