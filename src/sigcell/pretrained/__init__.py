@@ -115,7 +115,7 @@ def load(name: str, device: str = "cpu"):
 
     from sigcell.data.vocab import GeneVocab
     from sigcell.model.heads import MaskedExpressionModel
-    from sigcell.train.checkpoint import LoadedRun
+    from sigcell.train.checkpoint import LoadedRun, nonfinite_tensors
     from sigcell.train.config import TrainConfig
 
     folder = model_dir(name)
@@ -130,15 +130,15 @@ def load(name: str, device: str = "cpu"):
     try:
         config = TrainConfig.from_dict(yaml.safe_load((folder / CONFIG).read_text()))
         stored = load_file(str(folder / WEIGHTS))
-    except Exception as err:  # YAML, JSON, safetensors' own error type, OS errors
-        if isinstance(err, FileNotFoundError):
-            raise
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # YAML, safetensors' own error type, OS errors
         msg = (f"model {name!r} in {folder} cannot be read ({type(err).__name__}): a file is damaged; "
                "reinstall sigcell or re-export the model")
         raise ValueError(msg) from None
     model = MaskedExpressionModel(config.model)
     weights = {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
-    damaged = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    damaged = nonfinite_tensors(weights)
     if damaged:
         msg = (f"{folder / WEIGHTS} holds non-finite (NaN / inf) weights in {len(damaged)} tensor(s) (e.g. "
                f"{damaged[0]}); the file is damaged: reinstall sigcell or re-export the model")

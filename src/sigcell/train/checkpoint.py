@@ -106,35 +106,35 @@ def find_checkpoint(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def newest_intact_checkpoint(out_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
+def newest_intact_checkpoint(out_dir: str | os.PathLike) -> tuple[Path | None, tuple | None, list[str]]:
     """The newest checkpoint of a run that reads back whole with finite weights, and why newer ones did not.
 
     Returns
     -------
-    (checkpoint folder or None, one line per skipped newer checkpoint: ``"step_...: reason"``)
+    (checkpoint folder or None, its ``read_checkpoint`` contents (weights, state, config) or None,
+    one line per skipped newer checkpoint: ``"step_...: reason"``)
     """
     root = Path(out_dir) / "checkpoints"
     skipped: list[str] = []
     for ckpt in sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True):
-        reason = checkpoint_problem(ckpt)
-        if reason is None:
-            return ckpt, skipped
-        skipped.append(f"{ckpt.name}: {reason}")
-    return None, skipped
+        try:
+            parts = read_checkpoint(ckpt)
+        except DamagedCheckpoint as err:
+            skipped.append(f"{ckpt.name}: {err.reason}")
+            continue
+        bad = nonfinite_tensors(parts[0])
+        if "step" not in parts[1]:
+            skipped.append(f"{ckpt.name}: its state.pt holds no step")
+        elif bad:
+            skipped.append(f"{ckpt.name}: non-finite weights ({bad[0]})")
+        else:
+            return ckpt, parts, skipped
+    return None, None, skipped
 
 
-def checkpoint_problem(ckpt: Path) -> str | None:
-    """Why checkpoint folder ``ckpt`` cannot be resumed from (unreadable, partial, non-finite), or None."""
-    try:
-        weights, state, _ = read_checkpoint(ckpt)
-    except DamagedCheckpoint as err:
-        return err.reason
-    if "step" not in state:
-        return "its state.pt holds no step"
-    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        return f"non-finite weights ({bad[0]})"
-    return None
+def nonfinite_tensors(weights: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``weights`` holding a NaN or an infinity."""
+    return [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 class DamagedCheckpoint(ValueError):

@@ -28,7 +28,6 @@ from sigcell.train import parallel
 from sigcell.train.checkpoint import (
     find_checkpoint,
     newest_intact_checkpoint,
-    read_checkpoint,
     write_checkpoint,
 )
 from sigcell.train.config import TrainConfig
@@ -131,7 +130,7 @@ class Trainer:
         self.dist = parallel.init_distributed(config.device)
         self.device = self.dist.device
         self.out_dir = Path(config.out_dir)
-        ckpt = self._resume_point() if resume else None
+        ckpt, parts = self._resume_point() if resume else (None, None)
         has_run = parallel.broadcast_object(self._has_run() if self.dist.is_main else None)
         if not resume and has_run:
             msg = (f"{str(self.out_dir)!r} already holds a run (checkpoints or metrics.jsonl); pass --resume "
@@ -150,8 +149,10 @@ class Trainer:
         self.step = 0
         self.last_val_loss: float | None = None
         self.last_val_expression_loss: float | None = None
+        # the newest checkpoint known intact: the one resumed from (checked above), then each one written
+        self.last_checkpoint: Path | None = ckpt
         if ckpt is not None:
-            self._load(ckpt)
+            self._load(ckpt, parts)
         self.logger = MetricsLogger(self.out_dir, config.steps, enabled=self.dist.is_main,
                                     tensorboard=config.tensorboard, progress=config.progress,
                                     start_step=self.step)
@@ -304,16 +305,16 @@ class Trainer:
         self.last_val_expression_loss = expression_sum / max(count, 1.0)
         return self.last_val_loss
 
-    def _resume_point(self) -> Path | None:
-        """The newest intact checkpoint; damaged newer ones are reported and skipped, never loaded."""
-        ckpt, skipped = newest_intact_checkpoint(self.out_dir)
+    def _resume_point(self) -> tuple[Path | None, tuple | None]:
+        """The newest intact checkpoint and its contents; damaged newer ones are reported, never loaded."""
+        ckpt, parts, skipped = newest_intact_checkpoint(self.out_dir)
         for line in skipped:
             warnings.warn(f"--resume: skipping damaged checkpoint {line}", UserWarning, stacklevel=3)
         if ckpt is None and skipped:
             msg = (f"cannot resume {str(self.out_dir)!r}: no intact checkpoint ({'; '.join(skipped)}); "
                    "start a fresh run in another --out")
             raise ValueError(msg)
-        return ckpt
+        return ckpt, parts
 
     # ------------------------------------------------------------------------------------------------
     def save(self) -> Path | None:
@@ -332,8 +333,8 @@ class Trainer:
         parallel.barrier()
         return path
 
-    def _load(self, ckpt: Path) -> None:
-        weights, state, saved = read_checkpoint(ckpt)
+    def _load(self, ckpt: Path, parts: tuple) -> None:
+        weights, state, saved = parts
         if saved.model != self.config.model:
             diff = {k: (v, getattr(self.config.model, k)) for k, v in saved.model.to_dict().items()
                     if getattr(self.config.model, k) != v}
@@ -369,7 +370,7 @@ class Trainer:
         """
         cfg = self.config
         end = cfg.steps if until is None else min(until, cfg.steps)
-        last_ckpt = newest_intact_checkpoint(self.out_dir)[0]
+        last_ckpt = self.last_checkpoint
         metrics: dict[str, float] = {}
         self.wrapped.train()
         try:
@@ -395,7 +396,7 @@ class Trainer:
                         fn(self, step, metrics)
                 self.logger.advance(step, metrics["loss"], metrics["lr"], self.last_val_loss)
                 if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
-                    last_ckpt = self.save() or find_checkpoint(self.out_dir)
+                    last_ckpt = self.last_checkpoint = self.save() or find_checkpoint(self.out_dir)
         finally:
             self.logger.close()
         status = "completed" if self.step >= cfg.steps else "paused"
