@@ -108,11 +108,12 @@ class Attention(nn.Module):
         outside each cell) when ``return_weights`` else None.
         """
         lead = x.shape[:-1]
-        inner, kv_inner = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split([inner, kv_inner, kv_inner], dim=-1)
-        q = q.reshape(*lead, self.n_heads, self.head_dim)
-        k = k.reshape(*lead, self.n_kv_heads, self.head_dim)
-        v = v.reshape(*lead, self.n_kv_heads, self.head_dim)
+        inner = self.n_heads * self.head_dim
+        # Heads first, then the split: a view of the projection's contiguous output, sliced on the head
+        # dim. Splitting the channels first and reshaping each slice made Inductor's CUDA lowering fail on
+        # packed batches ("NotImplementedError: SliceView", a reshape of a slice it cannot view).
+        heads = self.qkv(x).unflatten(-1, (self.n_heads + 2 * self.n_kv_heads, self.head_dim))
+        q, k, v = heads.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=-2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         k, v = k.to(q.dtype), v.to(q.dtype)

@@ -20,6 +20,7 @@ import torch
 
 from sigcell.ops.padding import lengths_from_cu_seqlens, pack_padded, unpack_to_padded
 from sigcell.ops.sigmoid_attn import naive
+from sigcell.ops.sigmoid_attn.launch import FastKernel, HostDescriptor
 
 __all__ = ["sigmoid_attn_func", "sigmoid_attn_varlen_func"]
 
@@ -94,6 +95,17 @@ def _uses_triton(t: torch.Tensor) -> bool:
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+_fast_kernels: dict[object, FastKernel] = {}
+
+
+def _fast(kernel) -> FastKernel:
+    """The :class:`~.launch.FastKernel` of a ``triton.jit`` / ``gluon.jit`` function (one per kernel)."""
+    fast = _fast_kernels.get(kernel)
+    if fast is None:
+        fast = _fast_kernels[kernel] = FastKernel(kernel)
+    return fast
 
 
 # Block sizes and warps per kernel and padded head dim (16 .. 256), chosen by benchmarks/sweep_configs.py
@@ -217,11 +229,9 @@ def _tma_ok(t: torch.Tensor) -> bool:
     )
 
 
-def _row_block_descriptor(t: torch.Tensor, rows: int, cfg: dict[str, int]):
+def _row_block_descriptor(t: torch.Tensor, rows: int, cfg: dict[str, int]) -> HostDescriptor:
     """A ``[B', rows, H, D]`` descriptor whose blocks are ``rows`` rows of one head: ``[1, rows, 1, BD]``."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    return TensorDescriptor.from_tensor(t, [1, rows, 1, cfg["BLOCK_D"]])
+    return HostDescriptor(t, t.shape, t.stride(), (1, rows, 1, cfg["BLOCK_D"]))
 
 
 def _kv_descriptor(t: torch.Tensor, cfg: dict[str, int]):
@@ -379,13 +389,11 @@ def _hopper_bwd_kernels(q, k, v, dout, slopes, varlen, fast_sigmoid, n_bh) -> se
     return names & {"dkdv", "dq"}
 
 
-def _flat_descriptor(t: torch.Tensor, rows: int):
+def _flat_descriptor(t: torch.Tensor, rows: int) -> HostDescriptor:
     """TMA descriptor of ``[B', rows', H, D]`` read as ``[B' * rows', H * D]`` in ``[rows, D]`` blocks."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    dim = t.shape[-1]
-    shape = [t.shape[0] * t.shape[1], t.shape[2] * dim]
-    return TensorDescriptor(t, shape, [t.stride(1), 1], [rows, dim], _nvmma_layout(rows, dim, t.dtype))
+    b, n, h, dim = t.shape
+    layout = _nvmma_layout(rows, dim, t.dtype)
+    return HostDescriptor(t, (b * n, h * dim), (t.stride(1), 1), (rows, dim), layout)
 
 
 @functools.cache
@@ -428,7 +436,7 @@ def _hopper_forward(
 
         block_m, block_n, warps, stages = _config_override.get("hopper_fwd") or _HOPPER_CONFIGS[dim]
         grid, options = (_cdiv(span, block_m), n_seq * heads), {}
-    kernel[grid](
+    _fast(kernel)[grid](
         _flat_descriptor(q, block_m),
         _flat_descriptor(k, block_n),
         _flat_descriptor(v, block_n),
@@ -510,7 +518,7 @@ def _hopper_dkdv(
     # (WITH_DK, WITH_DV) per launch: one launch computes both, except at the head dims of _SPLIT_DKDV_DIMS.
     parts = [(False, True), (True, False)] if q.shape[-1] in _SPLIT_DKDV_DIMS else [(True, True)]
     for with_dk, with_dv in parts:
-        kernel[(_cdiv(max(span_k, 1), program_rows), n_seq * kv_heads)](
+        _fast(kernel)[(_cdiv(max(span_k, 1), program_rows), n_seq * kv_heads)](
             *descriptors,
             dk,
             dv,
@@ -564,7 +572,7 @@ def _hopper_dq(q, k, v, dout, dq, bias, key_bias, lengths, scale, causal, varlen
         program_rows, options = block_m, {}
     num_m = _cdiv(max(span_q, 1), block_m)
     dbias_part = torch.zeros(n_seq * heads, num_m, dtype=torch.float32, device=q.device)
-    kernel[(_cdiv(max(span_q, 1), program_rows), n_seq * heads)](
+    _fast(kernel)[(_cdiv(max(span_q, 1), program_rows), n_seq * heads)](
         _flat_descriptor(q, block_m),
         _flat_descriptor(dout, block_m),
         _flat_descriptor(k, block_n),
@@ -622,7 +630,7 @@ def _triton_forward(
     def launch(cfg):
         grid, block_fast = _grid(_cdiv(span, cfg["BLOCK_M"]), n_seq * heads)
         k_desc, v_desc = (_kv_descriptor(t, cfg) for t in (k, v)) if use_tma else (k, v)
-        sigmoid_attn_fwd_kernel[grid](
+        _fast(sigmoid_attn_fwd_kernel)[grid](
             q,
             k,
             v,
@@ -673,8 +681,9 @@ def _triton_backward(
     max_seqlen_q,
     max_seqlen_k,
     fast_sigmoid,
+    need_dbias=True,
 ):
-    """dq, dk, dv, d bias ``[B, H]`` and d key_bias (or None).
+    """dq, dk, dv, d bias ``[B, H]`` (None unless ``need_dbias``) and d key_bias (or None).
 
     By default two deterministic kernels: dK / dV per key block, then dQ per query block (each recomputes
     S and dP: 7 block matmuls per (query block, key block) pair). ``SIGCELL_FUSED_BWD=1`` selects one
@@ -722,7 +731,7 @@ def _triton_backward(
             # The fused kernel adds its dQ tiles with TMA bulk reduce-adds where the float32 buffer allows
             # (not under the interpreter, which has no bulk reduce); elsewhere one atomic per element.
             tma_dq = fused and _fused_tma_dq_enabled() and not _interpreting() and _tma_ok(dq_acc)
-            sigmoid_attn_bwd_dkdv_kernel[grid](
+            _fast(sigmoid_attn_bwd_dkdv_kernel)[grid](
                 q,
                 k,
                 v,
@@ -767,7 +776,7 @@ def _triton_backward(
             num_m = _cdiv(max(span_q, 1), cfg["BLOCK_M"])
             dbias_part = torch.zeros(n_seq * heads, num_m, dtype=torch.float32, device=q.device)
             grid, block_fast = _grid(num_m, n_seq * heads)
-            sigmoid_attn_bwd_dq_kernel[grid](
+            _fast(sigmoid_attn_bwd_dq_kernel)[grid](
                 q,
                 k,
                 v,
@@ -823,7 +832,7 @@ def _triton_backward(
     else:
         for grad in (dq, dk, dv):
             grad.zero_()
-    dbias = dbias_part.sum(dim=1).view(n_seq, heads)
+    dbias = dbias_part.sum(dim=1).view(n_seq, heads) if need_dbias else None
     dkey_bias = dkb_part.sum(dim=0) if dkb_part is not None else None
     return dq, dk, dv, dbias, dkey_bias
 
@@ -1071,7 +1080,10 @@ def _backward_impl(
     max_seqlen_q: int,
     max_seqlen_k: int,
     fast_sigmoid: bool,
+    need_dbias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv, d bias (empty unless ``need_dbias``: the default -log n bias takes no gradient, and its
+    reduction costs launches) and d key_bias (empty without a key bias)."""
     args = (
         dout,
         q,
@@ -1091,17 +1103,12 @@ def _backward_impl(
         max_seqlen_k,
     )
     if _uses_triton(q):
-        dq, dk, dv, dbias, dkb = _triton_backward(*args, fast_sigmoid)
+        dq, dk, dv, dbias, dkb = _triton_backward(*args, fast_sigmoid, need_dbias)
     else:
         dq, dk, dv, dbias, dkb = _naive_backward(*args)
-    dkb = dkb.to(bias.dtype) if dkb is not None else bias.new_empty(0)
-    return (
-        dq.contiguous(),
-        dk.contiguous(),
-        dv.contiguous(),
-        dbias.to(bias.dtype).contiguous(),
-        dkb.contiguous(),
-    )
+    dkb = dkb.to(bias.dtype).contiguous() if dkb is not None else bias.new_empty(0)
+    dbias = dbias.to(bias.dtype).contiguous() if need_dbias else bias.new_empty(0)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), dbias, dkb
 
 
 _sigmoid_attn_bwd = _define_op("sigmoid_attn_bwd", _backward_impl)
@@ -1126,9 +1133,11 @@ def _(
     max_seqlen_q,
     max_seqlen_k,
     fast_sigmoid,
+    need_dbias,
 ):
     dkb = bias.new_empty(key_bias.shape) if key_bias is not None else bias.new_empty(0)
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), bias.new_empty(bias.shape), dkb
+    dbias = bias.new_empty(bias.shape) if need_dbias else bias.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias, dkb
 
 
 _TENSOR_INPUTS = ("q", "k", "v", "bias", "key_bias", "slopes", "start_q", "len_q", "start_k", "len_k")
@@ -1143,12 +1152,13 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, backward_fn=_sigmoid_attn_bwd):
     saved = ctx.saved_tensors
-    dq, dk, dv, dbias, dkb = backward_fn(dout.contiguous(), *saved, *ctx.attrs)
+    need_dbias = ctx.needs_input_grad[3]
+    dq, dk, dv, dbias, dkb = backward_fn(dout.contiguous(), *saved, *ctx.attrs, need_dbias)
     return (
         dq,
         dk,
         dv,
-        dbias,
+        dbias if need_dbias else None,
         dkb if ctx.has_key_bias else None,
         *([None] * (len(_TENSOR_INPUTS) - 5)),
         *([None] * len(_ATTRS)),
