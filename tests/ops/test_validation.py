@@ -193,3 +193,17 @@ def test_lengths_and_offsets_mutated_between_calls_match_a_fresh_tensor(kind):
             assert got == want, (trial, offsets)
         else:
             torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"trial {trial}: {offsets}")
+
+
+def test_cpu_packed_cost_follows_the_real_lengths_not_max_seqlen():
+    # 26 tokens under a bound of a million: the plain-PyTorch path pads to the longest cell (issue 23 item
+    # 7: it padded to max_seqlen, quadratic in it), with the same result as the tight bound.
+    q, k, v = (t.requires_grad_() for t in packed(t=26))
+    cu = torch.tensor([0, 11, 26], dtype=I32)
+    tight = sigmoid_attn_varlen_func(q, k, v, cu, cu, 15, 15)
+    loose = sigmoid_attn_varlen_func(q, k, v, cu, cu, 10**6, 10**6)
+    torch.testing.assert_close(loose, tight, rtol=0, atol=0)
+    grads = torch.autograd.grad(loose.square().sum(), (q, k, v))
+    expected = torch.autograd.grad(tight.square().sum(), (q, k, v))
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

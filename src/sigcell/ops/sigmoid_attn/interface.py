@@ -905,6 +905,7 @@ def _naive_forward(
     if not varlen:
         return naive.sigmoid_attn_forward_padded(q, k, v, len_q, len_k, bias, key_bias, slopes, scale, causal)
     cu_q, cu_k = _cu_from_starts(start_q, len_q), _cu_from_starts(start_k, len_k)
+    max_seqlen_q, max_seqlen_k = _longest(len_q, max_seqlen_q), _longest(len_k, max_seqlen_k)
     qp, kp, vp = (
         unpack_to_padded(t[0], cu, m)
         for t, cu, m in ((q, cu_q, max_seqlen_q), (k, cu_k, max_seqlen_k), (v, cu_k, max_seqlen_k))
@@ -938,6 +939,7 @@ def _naive_backward(
         )
         return dq, dk, dv, dbias, dkb if key_bias is not None else None
     cu_q, cu_k = _cu_from_starts(start_q, len_q), _cu_from_starts(start_k, len_k)
+    max_seqlen_q, max_seqlen_k = _longest(len_q, max_seqlen_q), _longest(len_k, max_seqlen_k)
     pad_q = lambda t: unpack_to_padded(t[0], cu_q, max_seqlen_q)
     pad_k = lambda t: unpack_to_padded(t[0], cu_k, max_seqlen_k)
     kbp = None if key_bias is None else pad_k(key_bias)
@@ -948,6 +950,13 @@ def _naive_backward(
     packed_k = lambda t: pack_padded(t, cu_k, k.shape[1]).unsqueeze(0)
     dkb = None if key_bias is None else packed_k(dkb)
     return packed_q(dq), packed_k(dk), packed_k(dv), dbias, dkb
+
+
+def _longest(lengths: torch.Tensor, bound: int) -> int:
+    """The padded width the plain-PyTorch path needs: the longest sequence, not the caller's bound
+    (``max_seqlen`` may be far larger; its cost grows with the square of the width). The lengths are
+    read on the host: this path runs on the CPU, or on a GPU only as the tests' reference."""
+    return min(bound, int(lengths.max())) if lengths.numel() else 0
 
 
 def _cu_from_starts(start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
