@@ -173,12 +173,19 @@ def test_cli_errors_say_what_to_do(argv, message, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no folder is left behind (issue 23 item 6)
 
 
 def test_missing_label_column_and_unfinished_runs(tiny_compare, tmp_path, capsys):
     assert main(["compare", str(tiny_compare["h5ad"]), "--label-col", "nope", "--out", str(tmp_path / "o"),
                  "--quiet"]) == 2
     assert "no label column 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # the folders compare made for the failed run are gone
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert main(["compare", str(tiny_compare["h5ad"]), "--label-col", "nope", "--out", str(mine),
+                 "--quiet"]) == 2
+    assert mine.is_dir() and list(mine.iterdir()) == []  # a folder the user made stays
     out = tmp_path / "partial"
     shutil.copytree(tiny_compare["out"], out)
     (out / "runs" / "toy" / "softmax-seed0" / "result.json").unlink()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["read_json", "write_array", "write_json", "write_text"]
+__all__ = ["made_folder", "read_json", "write_array", "write_json", "write_text"]
 
 
 def _replace_from_temp(path: Path, write) -> Path:
@@ -31,6 +33,24 @@ def _replace_from_temp(path: Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def made_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Create ``path`` (and missing parents) for the block; if the block fails, the folders it created
+    are removed again where they are still empty, so a bad input leaves nothing behind."""
+    path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()  # only an empty folder goes
+            except OSError:
+                break
+        raise
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

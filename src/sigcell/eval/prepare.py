@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from sigcell.data.split import HELDOUT_FRACTION, MAX_HELDOUT, SPLIT_SEED, heldout_split, stratified_split
-from sigcell.eval._io import read_json, write_array, write_json
+from sigcell.eval._io import made_folder, read_json, write_array, write_json
 
 __all__ = ["DatasetInput", "PrepareConfig", "prepare", "resolve_datasets", "stratified_split"]
 
@@ -217,8 +217,11 @@ def prepare(inputs: list[DatasetInput], out_dir: str | os.PathLike, config: Prep
         The manifest.
     """
     config.validate()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with made_folder(out_dir) as out:
+        return _prepare_into(out, inputs, config, preset, bar)
+
+
+def _prepare_into(out: Path, inputs, config: PrepareConfig, preset: str, bar) -> dict:
     metas = []
     for ds in inputs:
         folder = out / ds.name
