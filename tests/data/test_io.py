@@ -106,7 +106,7 @@ def test_wrong_gene_col_layer_raw(rng):
         check_adata(adata, gene_col="ensembl")
     with pytest.raises(ValueError, match=r"no layer 'counts'; available layers: none"):
         check_adata(adata, layer="counts")
-    with pytest.raises(ValueError, match=r"use_raw=True but the AnnData has no .raw"):
+    with pytest.raises(ValueError, match=r"use_raw=True \(--use-raw\) but the AnnData has no .raw"):
         check_adata(adata, use_raw=True)
     with pytest.raises(ValueError, match=r"\d+ duplicate gene ids in var\['symbol'\]"):
         check_adata(adata, gene_col="symbol")

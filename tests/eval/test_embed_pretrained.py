@@ -149,14 +149,14 @@ def test_bad_models_and_files_get_one_clear_error(tiny_run, registry, tmp_path, 
     with pytest.raises(FileNotFoundError, match="'sigcell-small' is known but its files are not in"):
         embed(adata, "sigcell-small")
     none_known = _counts(20, [f"X{j}" for j in range(30)], seed=9)
-    with pytest.raises(ValueError, match=r"none of the 30 genes of embed input .* in the model's vocabulary"):
+    with pytest.raises(ValueError, match=r"none of the 30 genes of the AnnData .* in the model's vocabulary"):
         embed(none_known, "tiny-test")
     src, dst = tmp_path / "none.h5ad", tmp_path / "out.h5ad"
     none_known.write_h5ad(src)
     capsys.readouterr()
     assert main(["embed", "--model", "tiny-test", "--data", str(src), "--out", str(dst)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "none of the 30 genes" in err and not dst.exists()
+    assert err.count("\n") == 1 and f"none of the 30 genes of {src}" in err and not dst.exists()
     assert main(["embed", "--model", "nope", "--data", str(src), "--out", str(dst)]) == 2
     assert "unknown pretrained model 'nope'" in capsys.readouterr().err
     assert main(["embed", "--model", "tiny-test", "--data", "not-a-dataset", "--out", str(dst)]) == 2

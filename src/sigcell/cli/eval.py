@@ -145,7 +145,8 @@ def run_embed(args: argparse.Namespace) -> int:
         msg = f"--data {err}; pass an .h5ad file or a dataset name"
         raise FileNotFoundError(msg) from None
     embed(adata, args.model, key_added=args.key, batch_size=args.batch_size, pooling=args.pooling,
-          layer=args.layer, use_raw=args.use_raw, gene_col=args.gene_col, device=args.device)
+          layer=args.layer, use_raw=args.use_raw, gene_col=args.gene_col, device=args.device,
+          source=str(args.data))
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}.h5ad")
     try:

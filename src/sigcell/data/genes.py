@@ -134,7 +134,8 @@ def gene_keys(genes: Sequence[str], *, dataset_local: bool = False, map_ensembl:
         seen.add(keys[i])
     if len(set(keys.tolist())) != n:
         msg = (f"gene_keys: the {n} identifiers do not give unique keys (e.g. {names[:3]}); make var_names "
-               "unique (adata.var_names_make_unique()) or pass gene_col=...")
+               "unique (in Python: adata.var_names_make_unique(), then save the file) or pick another var "
+               "column (gene_col=... / --gene-col NAME)")
         raise ValueError(msg)
     return GeneKeys(keys, kinds, tuple(unmapped[:5]))
 

@@ -84,7 +84,8 @@ def _check_finite_nonnegative(x, where: str) -> None:
         n_nan = int(np.isnan(data).sum())
         msg = (
             f"{where} holds {n_nan} NaN and {int(bad.sum()) - n_nan} infinite values; expected finite "
-            "counts. Fix the file or pick another matrix (layer=... / use_raw=True)"
+            "counts. Fix the file or pick another matrix (layer=... / use_raw=True; on the command line "
+            "--layer NAME / --use-raw)"
         )
         raise ValueError(msg)
     neg = data < 0
@@ -92,7 +93,7 @@ def _check_finite_nonnegative(x, where: str) -> None:
         msg = (
             f"{where} holds {int(neg.sum())} negative values (min {float(data.min()):.4g}); expected "
             "counts >= 0. The matrix looks scaled / z-scored: pass layer='counts' or use_raw=True "
-            "to read the counts"
+            "(--layer counts / --use-raw) to read the counts"
         )
         raise ValueError(msg)
 
@@ -136,7 +137,8 @@ def require_counts(info: ValuesInfo, *, where: str, encoding: str) -> None:
     if not info.is_counts:
         msg = (
             f"{where} holds {info.describe()}; encoding {encoding!r} was asked to require raw integer "
-            "counts: pass layer='counts' (or use_raw=True) if the file has them, or use the binned "
+            "counts: pass layer='counts' or use_raw=True (--layer counts / --use-raw) if the file has them, "
+            "or use the binned "
             "encoding (--encoding binned), which accepts log-normalized input"
         )
         raise ValueError(msg)
@@ -168,23 +170,25 @@ def gene_id_kind(genes) -> str:
 def _select(adata, *, layer: str | None, use_raw: bool, where: str):
     """The (matrix, var DataFrame, matrix name) chosen by ``layer`` / ``use_raw``."""
     if layer is not None and use_raw:
-        msg = f"{where}: pass either layer={layer!r} or use_raw=True, not both"
+        msg = f"{where}: pass either layer={layer!r} or use_raw=True (--layer or --use-raw), not both"
         raise ValueError(msg)
     if use_raw:
         if adata.raw is None:
-            msg = f"{where}: use_raw=True but the AnnData has no .raw; drop use_raw or pass layer=..."
+            msg = (f"{where}: use_raw=True (--use-raw) but the AnnData has no .raw; drop it or pass "
+                   "layer=... (--layer NAME)")
             raise ValueError(msg)
         return adata.raw.X, adata.raw.var, "raw.X"
     if layer is not None:
         if layer not in adata.layers:
             msg = (
                 f"{where}: no layer {layer!r}; available layers: {sorted(adata.layers.keys()) or 'none'}"
-                + ("" if adata.raw is None else " (the file also has .raw: use_raw=True)")
+                + ("" if adata.raw is None else " (the file also has .raw: use_raw=True / --use-raw)")
             )
             raise ValueError(msg)
         return adata.layers[layer], adata.var, f"layers[{layer!r}]"
     if adata.X is None:
-        msg = f"{where}: the AnnData has no X; pass layer=... (available: {sorted(adata.layers.keys())})"
+        msg = (f"{where}: the AnnData has no X; pass layer=... / --layer NAME (available: "
+               f"{sorted(adata.layers.keys())})")
         raise ValueError(msg)
     return adata.X, adata.var, "X"
 
@@ -209,7 +213,8 @@ def _gene_names(var, *, gene_col: str | None, where: str) -> np.ndarray:
         dups = uniq[counts > 1]
         msg = (
             f"{where}: {len(dups)} duplicate gene ids in {col} (e.g. {list(dups[:5])}); "
-            "make them unique (adata.var_names_make_unique()) or pick another column with gene_col=..."
+            "make them unique (in Python: adata.var_names_make_unique(), then save the file) or pick "
+            "another var column (gene_col=... / --gene-col NAME)"
         )
         raise ValueError(msg)
     return names

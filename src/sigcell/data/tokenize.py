@@ -471,7 +471,7 @@ def tokenize(
         msg = (
             f"{source}: none of its {adata.n_vars} genes is in the vocabulary ({vocab.n_genes} genes, "
             f"{vocab.gene_id_kind}); file genes look like {list(adata.var_names[:3])}, vocabulary genes "
-            f"like {list(vocab.genes[:3])}: pass gene_col=... to use another var column"
+            f"like {list(vocab.genes[:3])}: pass gene_col=... (--gene-col NAME) to use another var column"
         )
         raise ValueError(msg)
     known_cols = np.flatnonzero(match.known)

@@ -193,6 +193,7 @@ def embed(
     device: str | torch.device = "cpu",
     precision: str = "auto",
     copy: bool = False,
+    source: str | None = None,
 ):
     """Embed every cell of an AnnData with a pretrained sigcell model (scanpy conventions).
 
@@ -225,6 +226,8 @@ def embed(
         Where to run the model; ``precision`` as :func:`embed_cells`.
     copy
         Return a modified copy instead of writing into ``adata``.
+    source
+        How error messages name the input (default: its path, or "the AnnData").
 
     Returns
     -------
@@ -246,13 +249,13 @@ def embed(
     from sigcell.data.tokenize import tokenize
     from sigcell.data.vocab import GeneVocab
 
-    source = "embed input"
     if isinstance(adata, (str, os.PathLike)):
-        source = str(adata)
+        source = source or str(adata)
         adata, copy = load_input(adata), False  # a fresh AnnData: filled in place and returned
         by_name = True
     else:
         by_name = False
+    source = source or "the AnnData"
     if not isinstance(adata, AnnData):
         msg = (f"embed: adata must be an AnnData, got {type(adata).__name__}; read files with "
                "anndata.read_h5ad")
