@@ -296,3 +296,22 @@ def test_launchers_pass_every_kernel_argument(varlen, monkeypatch):
     # Grids: (query blocks, sequences x heads) or (key blocks, sequences x KV heads).
     assert launches[0][1] == (1, batch * heads) and launches[1][1][1] == batch * kv_heads
     assert fused.shape[0] == batch * heads and dbias.shape == (batch * heads, launches[3][1][0])
+
+
+def test_a_triton_without_gluon_falls_back_to_the_portable_kernels(monkeypatch):
+    import sys
+
+    import sigcell.ops.sigmoid_attn as package
+
+    monkeypatch.setitem(sys.modules, "triton.experimental.gluon", None)  # importing it now fails
+    for name in ("hopper", "hopper_bwd", "hopper_ws", "hopper_ws_bwd"):
+        monkeypatch.delitem(sys.modules, f"sigcell.ops.sigmoid_attn.{name}", raising=False)
+        monkeypatch.delattr(package, name, raising=False)
+    interface._gluon_kernels_available.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="the portable Triton kernels run instead"):
+            assert interface._gluon_kernels_available() is False
+    finally:
+        monkeypatch.undo()
+        interface._gluon_kernels_available.cache_clear()
+    assert interface._gluon_kernels_available() is True

@@ -80,7 +80,7 @@ def _scalar(text: str):
 
 
 def _read_flat_yaml(path: Path) -> dict:
-    """The files of ``configs/`` (``section: {key: scalar}`` and ``key: scalar``) without PyYAML."""
+    """The files of ``sigcell/configs/`` (``section: {key: scalar}`` and ``key: scalar``) without PyYAML."""
     sections: dict = {}
     current: dict | None = None
     for raw in path.read_text().splitlines():

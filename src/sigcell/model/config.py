@@ -1,6 +1,6 @@
 """The model configuration: one dataclass holding every architectural choice and its default.
 
-``ModelConfig`` is the single source of model defaults; presets (``configs/*.yaml``) and CLI flags
+``ModelConfig`` is the single source of model defaults; presets (``sigcell/configs/*.yaml``) and CLI flags
 only override fields. ``validate()`` runs on construction, so an invalid value fails where it enters.
 """
 

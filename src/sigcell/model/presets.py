@@ -1,4 +1,5 @@
-"""Named size presets: ``configs/{tiny,small,base,large}.yaml`` (sections model, data, optim, ...)."""
+"""Named size presets: ``sigcell/configs/{tiny,small,base,large}.yaml`` (sections model, data, optim, ...),
+shipped inside the package so that a regular (non-editable) install has them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ def _config_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("SIGCELL_CONFIG_DIR"):
         dirs.append(Path(os.environ["SIGCELL_CONFIG_DIR"]))
-    dirs.append(Path(__file__).resolve().parents[3] / "configs")  # the repository's configs/ (src layout)
+    dirs.append(Path(__file__).resolve().parents[1] / "configs")  # package data (pyproject.toml)
     return dirs
 
 

@@ -1,7 +1,7 @@
 """The training configuration: nested dataclasses, the single source of defaults.
 
 A run's configuration is built in three layers: these defaults, then a preset / YAML file
-(``configs/tiny.yaml``...), then overrides (CLI flags, ``--set section.field=value``). The result is
+(``sigcell/configs/tiny.yaml``...), then overrides (CLI flags, ``--set section.field=value``). The result is
 written to ``<out_dir>/config.yaml`` and into every checkpoint.
 """
 
@@ -98,7 +98,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything a pretraining run needs; see ``configs/*.yaml`` for presets.
+    """Everything a pretraining run needs; see ``sigcell/configs/*.yaml`` for presets.
 
     Examples
     --------

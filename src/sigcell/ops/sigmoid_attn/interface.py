@@ -333,7 +333,29 @@ def _uses_ws_forward(dim: int, span: int) -> bool:
 
 @functools.cache
 def _is_hopper(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index) == (9, 0)
+    return torch.cuda.get_device_capability(device_index) == (9, 0) and _gluon_kernels_available()
+
+
+@functools.cache
+def _gluon_kernels_available() -> bool:
+    """Whether this Triton has the Gluon API the Hopper kernels are written in (an experimental API:
+    missing before Triton 3.4, and it may change); without it every GPU runs the portable Triton kernels."""
+    try:
+        from sigcell.ops.sigmoid_attn import hopper, hopper_bwd, hopper_ws, hopper_ws_bwd  # noqa: F401
+    except (ImportError, AttributeError, TypeError) as err:
+        import warnings
+
+        import triton
+
+        warnings.warn(
+            f"sigcell: the Hopper (Gluon) kernels do not load with triton {triton.__version__} "
+            f"({type(err).__name__}: {err}); the portable Triton kernels run instead (slower on H100 / "
+            "H200). Triton 3.6 is the version they are tested with.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
 
 
 def _flat_rows_ok(t: torch.Tensor, varlen: bool) -> bool:
