@@ -97,7 +97,7 @@ def test_report_rerenders_saved_results(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(["bench", "report", str(kernels), str(train)]) == 0
     out = capsys.readouterr().out
-    assert "torch-sigmoid" in out and "issue 5 targets" in out
+    assert "torch-sigmoid" in out and "whole-step targets" in out
     assert kernels.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert train.with_suffix(".png").is_file()
     bad = tmp_path / "bad.json"

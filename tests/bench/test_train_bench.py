@@ -216,7 +216,7 @@ def test_cpu_run_writes_json(tmp_path, capsys):
     assert {t["status"] for t in data["targets"]} <= {"pass", "FAIL", "not measured"}
     assert Attention.__dict__["_sdpa_padded"].__qualname__ == "Attention._sdpa_padded"  # patch undone
     printed = capsys.readouterr().out
-    assert "ms per optimizer step" in printed and "issue 5 targets" in printed
+    assert "ms per optimizer step" in printed and "whole-step targets" in printed
 
 
 def test_cpu_run_compiled_matches_eager_without_graph_breaks(tmp_path, monkeypatch):

@@ -95,6 +95,7 @@ def test_real_dataset(name, data_cache):
     assert len(tc) >= 0.99 * cells and tc.n_genes.max() <= 256
     again = datasets.load(name, cache=data_cache)  # second load: from the converted cache
     assert (again.X != adata.X).nnz == 0
+    assert datasets.local_path(name, cache=data_cache).is_file()  # what `sigcell datasets fetch` prints
 
 
 @pytest.mark.network

@@ -177,11 +177,11 @@ PRESETS: dict[str, Preset] = {
         head_dims=(64, 128), seq_lens=(1024,), paddings=(0.0, 0.25),
     ),
     "paper": Preset(
-        "paper", "the DESIGN.md / TritonSigmoid-paper table: D 64, 128 x L 1k, 4k, 16k, dense and 25 %% pad",
+        "paper", "the TritonSigmoid paper's table: D 64, 128 x L 1k, 4k, 16k, dense and 25 %% padding",
         head_dims=(64, 128), seq_lens=(1024, 4096, 16384), paddings=(0.0, 0.25),
     ),
     "full": Preset(
-        "full", "every D, L, padding, causal flag and mode of issue 3 (split it with --d: 10-minute limit)",
+        "full", "every head dim, length, padding, causal flag and mode (long: split it with --d)",
         head_dims=(64, 128, 256), seq_lens=(512, 1024, 2048, 4096, 8192, 16384), paddings=(0.0, 0.25, 0.5),
         causal=(False, True), modes=MODES,
     ),

@@ -162,7 +162,7 @@ class SoftmaxVarlenProvider(TrainProvider):
 
         if device.type != "cuda":
             return "torch varlen_attn (FlashAttention varlen) runs on CUDA only"
-        if attention._varlen_attn is None:
+        if attention._torch_varlen()[0] is None:
             return f"torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn"
         if dtype != "bf16":
             return f"varlen_attn needs bf16 / fp16, the run is {dtype}"

@@ -73,7 +73,7 @@ def train_tables(data: dict) -> list[Table]:
     rows = [[t["target"], t["case"] or "-", "-" if t["value"] is None else f"{t['value']:.3g}",
              f"{t['op']} {t['threshold']:g}", t["status"], t["detail"]] for t in data["targets"]]
     if rows:
-        tables.append(("issue 5 targets", ["target", "case", "value", "needed", "status", "detail"], rows))
+        tables.append(("whole-step targets", ["target", "case", "value", "needed", "status", "detail"], rows))
     rows = [[m["provider"], m["case"], f"{m['ms']:.1f}",
              "-" if m["peak_mem_gib"] is None else f"{m['peak_mem_gib']:.2f}",
              "-" if m["peak_mem_gib"] is None else f"{m['peak_mem_gib'] * 2**30 / 1e9:.2f}",

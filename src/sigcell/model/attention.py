@@ -16,6 +16,7 @@ Softmax backends
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -28,12 +29,16 @@ from sigcell.model.layout import SeqLayout
 from sigcell.model.norm import RMSNorm
 from sigcell.ops import sigmoid_attn_func, sigmoid_attn_varlen_func
 
-try:  # torch >= 2.10
-    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
-except ImportError:  # pragma: no cover - older torch
-    _varlen_attn = None
-# torch 2.11's varlen_attn has no enable_gqa (2.13's has); without it, GQA repeats the KV heads first.
-_VARLEN_HAS_GQA = _varlen_attn is not None and "enable_gqa" in inspect.signature(_varlen_attn).parameters
+
+@functools.cache
+def _torch_varlen() -> tuple[object | None, bool]:
+    """torch's varlen softmax (torch >= 2.10) and whether it takes ``enable_gqa`` (2.11's does not, 2.13's
+    does). Imported on first use: the module pulls in torch._dynamo, about a second of ``import``."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # pragma: no cover - older torch
+        return None, False
+    return varlen_attn, "enable_gqa" in inspect.signature(varlen_attn).parameters
 
 __all__ = ["STAT_NAMES", "Attention"]
 
@@ -140,17 +145,18 @@ class Attention(nn.Module):
                                      seq_lens_k=layout.seq_lens, key_bias=key_bias)
         if not layout.packed:
             return self._sdpa_padded(q, k, v, layout.seq_lens, key_bias)
-        if (USE_TORCH_VARLEN and _varlen_attn is not None and q.is_cuda and key_bias is None
+        varlen_attn, has_gqa = _torch_varlen() if q.is_cuda else (None, False)
+        if (USE_TORCH_VARLEN and varlen_attn is not None and key_bias is None
                 and q.dtype in (torch.float16, torch.bfloat16) and self.head_dim % 8 == 0):
             m = int(layout.max_seqlen)
             gqa = self.n_kv_heads != self.n_heads
-            if gqa and not _VARLEN_HAS_GQA:
+            if gqa and not has_gqa:
                 group = self.n_heads // self.n_kv_heads
                 k, v = k.repeat_interleave(group, dim=-2), v.repeat_interleave(group, dim=-2)
                 gqa = False
-            extra = {"enable_gqa": gqa} if _VARLEN_HAS_GQA else {}
+            extra = {"enable_gqa": gqa} if has_gqa else {}
             cu = layout.cu_seqlens
-            return _varlen_attn(q, k, v, cu, cu, m, m, scale=self.scale, **extra)
+            return varlen_attn(q, k, v, cu, cu, m, m, scale=self.scale, **extra)
         width = int(layout.max_seqlen)
         pad = lambda t: layout.to_padded(t, width)
         out = self._sdpa_padded(pad(q), pad(k), pad(v), layout.lengths(),

@@ -1,4 +1,4 @@
-"""Kernel launches without the Triton JIT's per-call work (issue 16: host time of one attention call).
+"""Kernel launches without the Triton JIT's per-call work (the host time of one attention call).
 
 ``kernel[grid](*args, **kwargs)`` on a ``triton.jit`` function binds every argument to the signature,
 specializes each one, hashes the result, checks globals and builds the launch metadata before it launches:
