@@ -110,8 +110,9 @@ def _ids(batches):
     return [b.cell_index.tolist() for b in batches]
 
 
+@pytest.mark.parametrize("workers", [0, 3])
 @pytest.mark.parametrize("kw", [{"batch_size": 7}, {"token_budget": 160, "layout": "packed"}])
-def test_exact_resume(rng, kw):
+def test_exact_resume(rng, kw, workers):
     cells = _cells(rng)
     seed = int(rng.integers(1 << 20))
     ref = make_dataloader(cells, seed=seed, **kw)
@@ -119,17 +120,33 @@ def test_exact_resume(rng, kw):
     assert epoch0 != epoch1
     assert sorted(c for b in epoch0 for c in b) == sorted(c for b in epoch1 for c in b)
     stop = int(rng.integers(1, len(epoch0) - 1))
-    run = make_dataloader(cells, seed=seed, **kw)
+    # Worker threads collate ahead of the consumer; the state still counts only the batches handed out.
+    run = make_dataloader(cells, seed=seed, num_workers=workers, **kw)
     it = iter(run)
     first = [next(it).cell_index.tolist() for _ in range(stop)]
     state = run.state_dict()
-    resumed = make_dataloader(cells, seed=seed, **kw)
+    it.close()
+    assert run.state_dict() == state  # stopping early drops the batches queued ahead, consumes none
+    resumed = make_dataloader(cells, seed=seed, num_workers=workers, **kw)
     resumed.load_state_dict(state)
     assert first + _ids(resumed) == epoch0
     assert _ids(resumed) == epoch1  # and the next epoch matches too
     other = make_dataloader(cells, seed=seed + 1, **kw)
     with pytest.raises(ValueError, match=r"settings changed \(seed: saved \d+, now \d+\)"):
         other.load_state_dict(state)
+
+
+def test_worker_threads_give_the_same_batches(rng):
+    cells = _cells(rng)
+    for layout in ("padded", "packed"):
+        plain = list(make_dataloader(cells, batch_size=5, layout=layout, seed=3))
+        threaded = list(make_dataloader(cells, batch_size=5, layout=layout, seed=3, num_workers=2))
+        assert len(plain) == len(threaded)
+        for a, b in zip(plain, threaded, strict=True):
+            assert torch.equal(a.gene_ids, b.gene_ids) and torch.equal(a.values, b.values)
+            assert torch.equal(a.cell_index, b.cell_index)
+    with pytest.raises(ValueError, match="num_workers must be a non-negative int"):
+        make_dataloader(cells, batch_size=5, num_workers=-1)
 
 
 def test_ranks_partition_the_batches(rng):

@@ -14,7 +14,9 @@ process; each rank reads only its own batches.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -47,10 +49,15 @@ class CellLoader:
     """Iterable of ``CellBatch`` over a cell source, planned by a ``LengthBucketSampler``."""
 
     def __init__(
-        self, cells: CellSource, sampler: LengthBucketSampler, *, layout: str, pad_to_multiple_of: int = 1
+        self, cells: CellSource, sampler: LengthBucketSampler, *, layout: str, pad_to_multiple_of: int = 1,
+        num_workers: int = 0,
     ) -> None:
         self.cells, self.sampler, self.layout = cells, sampler, layout
         self.pad_to_multiple_of = pad_to_multiple_of
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+            msg = f"num_workers must be a non-negative int, got {num_workers!r}"
+            raise ValueError(msg)
+        self.num_workers = num_workers
 
     def __len__(self) -> int:
         """Batches this rank gets in the current epoch."""
@@ -65,8 +72,37 @@ class CellLoader:
         return collate_padded(ids, vals, n_genes, pad_to_multiple_of=self.pad_to_multiple_of, **kw)
 
     def __iter__(self) -> Iterator[CellBatch]:
-        for idx in self.sampler:
-            yield self.collate(idx)
+        if not self.num_workers:
+            for idx in self.sampler:
+                yield self.collate(idx)
+            return
+        yield from self._prefetched()
+
+    def _prefetched(self) -> Iterator[CellBatch]:
+        """The sampler's batches in its order, gathered and collated ahead by ``num_workers`` threads.
+
+        Threads, not processes: a memory-mapped corpus is shared as is, numpy's gathers release the GIL,
+        and nothing is pickled. The sampler's position counts only the batches handed out, so a
+        ``state_dict`` taken between batches resumes exactly (batches still in flight are redone).
+        """
+        sampler = self.sampler
+        batches = sampler.plan(sampler.epoch)
+        ahead = 2 * self.num_workers
+        pending: deque = deque()
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="sigcell-loader") as pool:
+            try:
+                queued = sampler.position
+                while sampler.position < len(batches):
+                    while queued < len(batches) and len(pending) < ahead:
+                        pending.append(pool.submit(self.collate, batches[queued]))
+                        queued += 1
+                    batch = pending.popleft().result()
+                    sampler.position += 1  # as the sampler's own iterator: a batch handed out is consumed
+                    yield batch
+            finally:  # the consumer stopped early (or failed): drop what was queued ahead
+                for future in pending:
+                    future.cancel()
+        sampler.epoch, sampler.position = sampler.epoch + 1, 0
 
     def state_dict(self) -> dict:
         """Iteration state (epoch, batches consumed, settings) for checkpoints."""
@@ -94,6 +130,7 @@ def make_dataloader(
     bucket: bool = True,
     drop_last: bool = False,
     pad_to_multiple_of: int = 1,
+    num_workers: int = 0,
 ) -> CellLoader:
     """A resumable loader of ``CellBatch`` over tokenized cells.
 
@@ -113,6 +150,9 @@ def make_dataloader(
         Group cells of similar length (less padding); order inside a batch is then by length.
     drop_last, pad_to_multiple_of
         Drop a short last batch; round the padded length up (e.g. to 64 for kernels).
+    num_workers
+        Threads that gather and collate the next batches while the current one trains (0: none; the
+        batches and their order are the same either way).
 
     Returns
     -------
@@ -137,7 +177,8 @@ def make_dataloader(
         bucket=bucket,
         drop_last=drop_last,
     )
-    return CellLoader(cells, sampler, layout=layout, pad_to_multiple_of=pad_to_multiple_of)
+    return CellLoader(cells, sampler, layout=layout, pad_to_multiple_of=pad_to_multiple_of,
+                      num_workers=num_workers)
 
 
 def iter_batches(

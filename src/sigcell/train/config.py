@@ -40,7 +40,7 @@ class DataConfig:
     token_budget: int | None = None
     max_genes: int | None = None  # keep at most this many genes per cell (plus <cls>); None = all
     mask_fraction: float = 0.15  # fraction of each cell's genes masked for prediction (>= 1 gene per cell)
-    num_workers: int = 0  # dataloader worker processes (corpus only)
+    num_workers: int = 0  # corpus only: threads that gather and collate the next batches ahead (0 = none)
     synthetic_min_genes: int = 32  # synthetic cells: fewest expressed genes
     synthetic_max_genes: int = 256  # synthetic cells: most expressed genes
     synthetic_cell_types: int = 8  # synthetic cells: number of latent cell types (gene programs)

@@ -77,7 +77,8 @@ def build_corpus_data(config: TrainConfig, dist: DistInfo) -> TrainData:
     sizes = {"batch_size": d.batch_size} if d.token_budget is None else {"token_budget": d.token_budget}
     try:
         loader = make_dataloader(train, **sizes, layout=d.layout, shuffle=True, seed=config.seed,
-                                 rank=dist.rank, world_size=dist.world_size, drop_last=d.token_budget is None)
+                                 rank=dist.rank, world_size=dist.world_size, drop_last=d.token_budget is None,
+                                 num_workers=d.num_workers)
     except ValueError as err:  # e.g. a token budget below the longest cell: name the config key
         raise ValueError(f"data.token_budget / data.batch_size: {err}") from None
     val_cells = Corpus(d.corpus, split="val")
