@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -42,6 +44,36 @@ def test_layer_raw_and_gene_col(tmp_path, rng):
     assert by_raw.uns["sigcell_input"]["matrix"] == "raw.X"
     with pytest.raises(ValueError, match=r"holds \d+ negative values.*layer='counts' or use_raw=True"):
         read_h5ad(path)
+    for kw in ({"layer": "counts", "gene_col": "symbol"}, {"use_raw": True}, {}):  # same as the full read
+        try:
+            want = check_adata(ad.read_h5ad(path), source=str(path), **kw)
+        except ValueError as err:
+            with pytest.raises(ValueError, match=re.escape(str(err))):
+                read_h5ad(path, **kw)
+            continue
+        got = read_h5ad(path, **kw)
+        assert (got.X != want.X).nnz == 0 and list(got.var_names) == list(want.var_names)
+        assert got.obs.equals(want.obs) and got.uns["sigcell_input"] == want.uns["sigcell_input"]
+
+
+def test_read_h5ad_reads_only_the_chosen_matrix(tmp_path, rng, monkeypatch):
+    import anndata.io
+
+    counts = random_counts(rng)
+    adata = counts.copy()
+    adata.layers["counts"] = counts.X.copy()
+    adata.layers["dense_normalized"] = rng.random(adata.shape).astype(np.float32)
+    adata.raw = counts
+    path = tmp_path / "x.h5ad"
+    adata.write_h5ad(path)
+    read = []
+    real = anndata.io.read_elem
+    monkeypatch.setattr(anndata.io, "read_elem", lambda elem: read.append(elem.name) or real(elem))
+    read_h5ad(path, layer="counts")
+    assert sorted(read) == ["/layers/counts", "/obs", "/var"]
+    # A matrix the file lacks: the full read explains.
+    with pytest.raises(ValueError, match=r"no layer 'nope'; available layers: \['counts', 'dense_normalized"):
+        read_h5ad(path, layer="nope")
 
 
 def test_detect_values_kinds(rng):

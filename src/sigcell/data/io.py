@@ -248,28 +248,34 @@ def check_adata(
         ``var_names`` = gene ids; ``uns["sigcell_input"]`` = where the values came from and
         ``detect_values``'s verdict.
     """
-    import anndata as ad
-
     x, var, matrix_name = _select(adata, layer=layer, use_raw=use_raw, where=source)
-    where = f"{source}: {matrix_name}"
-    genes = _gene_names(var, gene_col=gene_col, where=source)
-    if x.shape != (adata.n_obs, len(genes)):
-        msg = f"{where}: shape {x.shape}, expected ({adata.n_obs}, {len(genes)}) cells x genes"
-        raise ValueError(msg)
-    if adata.n_obs == 0 or len(genes) == 0:
-        msg = f"{where}: empty matrix ({adata.n_obs} cells x {len(genes)} genes); nothing to tokenize"
-        raise ValueError(msg)
+    return _checked(x, var, adata.obs.copy(), matrix_name, gene_col, source, owned=False)
+
+
+def _checked(x, var, obs, matrix_name: str, gene_col: str | None, source: str, *, owned: bool):
+    """The plain AnnData of :func:`check_adata` from one matrix, its var and obs. ``owned``: ``x`` was
+    read for this call alone, so converting it in place (no copy) cannot touch a caller's data."""
+    import anndata as ad
     import scipy.sparse as sp
 
+    where = f"{source}: {matrix_name}"
+    genes = _gene_names(var, gene_col=gene_col, where=source)
+    if x.shape != (len(obs), len(genes)):
+        msg = f"{where}: shape {x.shape}, expected ({len(obs)}, {len(genes)}) cells x genes"
+        raise ValueError(msg)
+    if len(obs) == 0 or len(genes) == 0:
+        msg = f"{where}: empty matrix ({len(obs)} cells x {len(genes)} genes); nothing to tokenize"
+        raise ValueError(msg)
     if not (sp.issparse(x) or isinstance(x, np.ndarray)):
         x = np.asarray(x)  # h5py datasets, dask arrays: load this one matrix
     info = detect_values(x, where=where)
-    csr = sp.csr_matrix(x, dtype=np.float32, copy=True)  # never modify the caller's matrix
+    csr = sp.csr_matrix(x, dtype=np.float32, copy=not owned)  # never modify the caller's matrix
+    del x
     csr.eliminate_zeros()
     csr.sort_indices()
-    out = ad.AnnData(X=csr, obs=adata.obs.copy())
+    out = ad.AnnData(X=csr, obs=obs)
     out.var_names = list(genes)
-    out.obs_names = [str(n) for n in adata.obs_names]
+    out.obs_names = [str(n) for n in obs.index]
     out.uns["sigcell_input"] = {
         "source": source,
         "matrix": matrix_name,
@@ -316,11 +322,37 @@ def read_h5ad(
         msg = f"{path}: no such file; pass the path of an .h5ad file or a dataset name (sigcell datasets)"
         raise FileNotFoundError(msg)
     try:
-        adata = ad.read_h5ad(path)
+        selected = None if layer is not None and use_raw else _read_selected(path, layer, use_raw)
+        if selected is None:  # a matrix the file lacks (or both sources named): check_adata explains
+            adata = ad.read_h5ad(path)
     except Exception as err:  # h5py / anndata raise many types for damaged files
         msg = (
             f"{path}: cannot be read as .h5ad ({type(err).__name__}: {err}); the file may be truncated "
             "or not an AnnData file: re-download or re-write it"
         )
         raise ValueError(msg) from err
+    if selected is not None:
+        return _checked(*selected, gene_col, str(path), owned=True)
     return check_adata(adata, layer=layer, use_raw=use_raw, gene_col=gene_col, source=str(path))
+
+
+def _read_selected(path: Path, layer: str | None, use_raw: bool):
+    """``(matrix, var, obs, matrix name)`` read from the file without its other matrices (layers, raw,
+    X: a file holding counts, normalized values and a dense raw is not read whole), or None where the
+    chosen matrix is not in the file."""
+    import h5py
+
+    try:
+        from anndata.io import read_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem
+
+    key, var_key, name = ("X", "var", "X")
+    if use_raw:
+        key, var_key, name = "raw/X", "raw/var", "raw.X"
+    elif layer is not None:
+        key, name = f"layers/{layer}", f"layers[{layer!r}]"
+    with h5py.File(path, "r") as f:
+        if key not in f or var_key not in f or "obs" not in f:
+            return None
+        return read_elem(f[key]), read_elem(f[var_key]), read_elem(f["obs"]), name
