@@ -57,7 +57,7 @@ def fake_driver(monkeypatch):
     active = types.SimpleNamespace(get_current_device=lambda: 0, get_current_stream=lambda device: 1234)
     monkeypatch.setattr(driver, "_active", active)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("SIGCELL_FAST_LAUNCH", raising=False)
+    monkeypatch.setenv("SIGCELL_FAST_LAUNCH", "1")
 
 
 def test_second_launch_skips_the_jit_and_passes_every_signature_argument(fake_driver):

@@ -12,7 +12,9 @@ the JIT path, which compiles or finds the kernel as usual.
 only its base, shape, strides and padding, so a hit skips the descriptor's checks; a miss turns it into the
 real descriptor first.
 
-``SIGCELL_FAST_LAUNCH=0`` sends every launch through the JIT (benchmark A/B, debugging).
+Opt-in for now: ``SIGCELL_FAST_LAUNCH=1`` turns it on. It has CPU tests (a stand-in JIT and driver) but
+has not yet run on a GPU (benchmarks/NOTES.md, 2026-12-08); without the switch every launch goes through
+the JIT as before.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ __all__ = ["FastKernel", "HostDescriptor", "fast_launch_enabled"]
 
 
 def fast_launch_enabled() -> bool:
-    """False under the Triton interpreter (no compiled kernels) or with ``SIGCELL_FAST_LAUNCH=0``."""
-    return os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get("SIGCELL_FAST_LAUNCH", "1") != "0"
+    """True with ``SIGCELL_FAST_LAUNCH=1``, never under the Triton interpreter (no compiled kernels)."""
+    return os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get("SIGCELL_FAST_LAUNCH", "0") == "1"
 
 
 class HostDescriptor:
