@@ -309,9 +309,24 @@ def test_a_triton_without_gluon_falls_back_to_the_portable_kernels(monkeypatch):
         monkeypatch.delattr(package, name, raising=False)
     interface._gluon_kernels_available.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="the portable Triton kernels run instead"):
+        with pytest.warns(RuntimeWarning, match="do not load with triton .*portable Triton kernels run"):
             assert interface._gluon_kernels_available() is False
     finally:
         monkeypatch.undo()
         interface._gluon_kernels_available.cache_clear()
     assert interface._gluon_kernels_available() is True
+
+
+def test_an_untested_triton_version_takes_the_portable_kernels_unless_asked(monkeypatch):
+    import triton
+
+    monkeypatch.setattr(triton, "__version__", "3.9.0")
+    interface._gluon_kernels_available.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="tested with triton 3.6, this is 3.9.0"):
+            assert interface._gluon_kernels_available() is False
+        interface._gluon_kernels_available.cache_clear()
+        monkeypatch.setenv("SIGCELL_GLUON_ANY_TRITON", "1")
+        assert interface._gluon_kernels_available() is True
+    finally:
+        interface._gluon_kernels_available.cache_clear()

@@ -336,21 +336,36 @@ def _is_hopper(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index) == (9, 0) and _gluon_kernels_available()
 
 
+# Triton versions (major, minor) whose Gluon API the Hopper kernels were run and tested with. Gluon is
+# experimental and changes between releases; other versions take the portable Triton kernels unless
+# SIGCELL_GLUON_ANY_TRITON=1 asks to try the Hopper kernels anyway.
+_GLUON_TESTED_TRITON = {(3, 6)}
+
+
 @functools.cache
 def _gluon_kernels_available() -> bool:
-    """Whether this Triton has the Gluon API the Hopper kernels are written in (an experimental API:
-    missing before Triton 3.4, and it may change); without it every GPU runs the portable Triton kernels."""
+    """Whether this Triton has the Gluon API the Hopper kernels are written in (missing before Triton 3.4,
+    and it may change); without it every GPU runs the portable Triton kernels, with one warning."""
+    import warnings
+
+    import triton
+
+    version = tuple(int(x) for x in triton.__version__.split(".")[:2] if x.isdigit())
+    fallback = "the portable Triton kernels run instead (slower on H100 / H200)"
+    if version not in _GLUON_TESTED_TRITON and os.environ.get("SIGCELL_GLUON_ANY_TRITON") != "1":
+        warnings.warn(
+            f"sigcell: the Hopper (Gluon) kernels are tested with triton 3.6, this is {triton.__version__}: "
+            f"{fallback}; set SIGCELL_GLUON_ANY_TRITON=1 to try them",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
     try:
         from sigcell.ops.sigmoid_attn import hopper, hopper_bwd, hopper_ws, hopper_ws_bwd  # noqa: F401
     except (ImportError, AttributeError, TypeError) as err:
-        import warnings
-
-        import triton
-
         warnings.warn(
             f"sigcell: the Hopper (Gluon) kernels do not load with triton {triton.__version__} "
-            f"({type(err).__name__}: {err}); the portable Triton kernels run instead (slower on H100 / "
-            "H200). Triton 3.6 is the version they are tested with.",
+            f"({type(err).__name__}: {err}): {fallback}",
             RuntimeWarning,
             stacklevel=2,
         )
