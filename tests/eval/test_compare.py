@@ -34,12 +34,27 @@ def test_report_has_every_metric_model_and_figure(tiny_compare):
     for name in images:
         assert (report / name).read_bytes()[:8] == PNG
         assert f'src="{name}"' in html
-    summary = json.loads((report / "summary.json").read_text())["summary"]["toy"]
+    saved = json.loads((report / "summary.json").read_text())
+    summary = saved["summary"]["toy"]
     for info in METRICS:
         s = summary[info.key]
         assert set(s["softmax"]["values"]) == {"0", "1"} and s["n_pairs"] == 2
-        assert s["verdict"] in ("sigmoid better", "softmax better", "mixed")
+        assert s["verdict"] in ("sigmoid better", "softmax better", "no clear difference", "not learned")
+        lo, hi = s["interval"]
+        assert lo <= s["difference"] <= hi
+        if info.kind != "loss":  # the untrained control of both attentions, scored like the trained ones
+            assert set(s["init"]) == {"softmax", "sigmoid"} and isinstance(s["learned"], bool)
+            if not s["learned"]:
+                assert s["verdict"] == "not learned"
     assert summary["asw"]["pca"] is not None and summary["val_loss"]["pca"] is None
+    # The paper is named and each of its claims gets a verdict (a CPU run cannot test the speed claim).
+    assert "2604.27124" in saved["paper"] and "2604.27124" in md
+    verdicts = {c["claim"].split(" (")[0]: c["verdict"] for c in saved["claims"]}
+    assert len(verdicts) == 4
+    assert set(verdicts.values()) <= {"supported", "not supported", "not testable here"}
+    assert verdicts["sigmoid attention trains faster"] == "not testable here"
+    for run in (out / "runs" / "toy").glob("*-seed*"):
+        assert np.isfinite(np.load(run / "embedding_init.npy")).all()
 
 
 def test_pairs_share_config_except_attention(tiny_compare):

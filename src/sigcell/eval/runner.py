@@ -6,6 +6,7 @@ numpy and sigcell's data / model / train code, so it runs on a bare GPU machine.
 ``checkpoints/``) and then::
 
     embedding.npy   held-out cell embeddings [n_heldout, d_model] (float32, or float16 on request)
+    embedding_init.npy  the same cells embedded by the untrained model (the random-initialisation control)
     tokenizer.json  how the cells were tokenized (``sigcell embed`` reads it)
     result.json     written last: held-out loss, timings, device, versions, the resolved config
 
@@ -163,6 +164,20 @@ def _train_data(config, data: PreparedDataset, train_cells, held_cells):
 
 
 @torch.no_grad()
+def _init_embedding(config, held_cells) -> np.ndarray:
+    """The held-out cells embedded by an untrained model of the run's architecture (seeded by the run's
+    seed; the global RNG is left as it was): the control a trained model has to beat."""
+    from sigcell.model import MaskedExpressionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = MaskedExpressionModel(config.model)
+    cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    model.to("cuda" if cuda else "cpu")
+    return embed_cells(model, held_cells, batch_size=config.data.batch_size, layout=config.data.layout,
+                       precision=config.precision)
+
+
 def heldout_loss(trainer, held_cells) -> float:
     """Mean masked-token loss over every held-out cell, with masks that are the same for every run."""
     from sigcell.data.loader import make_dataloader
@@ -283,6 +298,9 @@ def run_one(plan: Plan, data: PreparedDataset, attention: str, seed: int, runs: 
         shutil.rmtree(out)  # crashed before its first checkpoint: start over cleanly
     config = _config(plan, data, attention, seed, out)
     train_cells, held_cells = data.subset("train"), data.subset("heldout")
+    init_path = out / "embedding_init.npy"
+    if not init_path.is_file():
+        write_array(init_path, _init_embedding(config, held_cells).astype(plan.embedding_dtype))
     start = time.perf_counter()
     callbacks = (lambda _trainer, step, _metrics: on_step(step),) if on_step is not None else ()
     trainer = Trainer(config, resume=resume, data=_train_data(config, data, train_cells, held_cells),
