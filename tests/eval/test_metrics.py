@@ -41,6 +41,7 @@ def test_well_separated_clusters_score_near_perfect(scored):
     assert far["knn_purity"] == 1.0
     assert far["nmi"] > 0.99 and far["ari"] > 0.99 and far["clisi"] > 0.99
     assert far["asw"] > 0.8 and far["distance_ratio"] < 0.3
+    assert far["linear_probe_f1"] == 1.0
 
 
 def test_shuffled_labels_score_near_chance(scored):
@@ -49,6 +50,17 @@ def test_shuffled_labels_score_near_chance(scored):
     assert abs(shuf["knn_purity"] - 1 / N_TYPES) < 0.06  # chance = sum p_c^2 = 1/4
     assert abs(shuf["distance_ratio"] - 1.0) < 0.05
     assert abs(shuf["asw"] - 0.5) < 0.05  # rescaled silhouette of no structure
+    assert shuf["linear_probe_f1"] < 0.4  # chance macro-F1 of 4 balanced types: about 0.25
+
+
+def test_linear_probe_is_reproducible_and_needs_two_cells_per_type():
+    x, y = clusters(2.5, 5)
+    assert M.linear_probe_f1(x, y) == M.linear_probe_f1(x, y)
+    y_single = y.copy()
+    y_single[0] = "alone"  # a type of one cell: no fold can hold it out and train on it
+    with pytest.raises(ValueError, match="each cell type needs >= 2 cells"):
+        M.linear_probe_f1(x, y_single)
+    assert np.isnan(M.evaluate_embedding(x, y_single)["linear_probe_f1"])
 
 
 def test_distance_ratio_matches_brute_force():

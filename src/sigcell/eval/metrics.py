@@ -12,6 +12,10 @@ Separation (computed by scib-metrics, whose numbers are not comparable to the ol
   as isolated, so this is the mean over cell types of their cells' mean rescaled silhouette: a
   class-balanced ASW in which a rare type weighs as much as a common one.
 
+* ``linear_probe_f1`` (computed here with scikit-learn): macro-F1 of a logistic regression from the
+  standardized embedding to the cell type, 5-fold stratified cross-validation (fewer folds when a type has
+  fewer than 5 cells); how linearly readable the types are, each type weighing the same.
+
 Cohesion (computed here, formulas in ``docs/eval.md``):
 
 * ``knn_purity``: mean over cells of the fraction of its ``k = 15`` nearest neighbours (itself
@@ -36,6 +40,7 @@ __all__ = [
     "evaluate_embedding",
     "isolated_asw",
     "knn_purity",
+    "linear_probe_f1",
     "nmi_ari",
 ]
 
@@ -58,6 +63,7 @@ METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("ari", "ARI (k-means)", True, "scib-metrics", "separation"),
     MetricInfo("isolated_asw", "Isolated labels (1 batch: class-balanced ASW)", True, "scib-metrics",
                "separation"),
+    MetricInfo("linear_probe_f1", "Linear probe macro-F1 (5-fold)", True, "sigcell", "separation"),
     MetricInfo("knn_purity", "kNN label purity (k=15)", True, "sigcell", "cohesion"),
     MetricInfo("distance_ratio", "Within / between type distance", False, "sigcell", "cohesion"),
     MetricInfo("val_loss", "Validation masked-expression loss", False, "sigcell", "loss"),
@@ -65,6 +71,7 @@ METRICS: tuple[MetricInfo, ...] = (
 
 CLISI_NEIGHBORS = 90  # scib-metrics' Benchmarker default
 PURITY_NEIGHBORS = 15
+PROBE_FOLDS = 5
 MAX_PAIRWISE_CELLS = 5000  # distance_ratio subsamples beyond this (memory is O(n^2))
 
 
@@ -153,6 +160,31 @@ def isolated_asw(x, labels) -> float:
     return float(isolated_labels(x, codes, np.zeros_like(codes), rescale=True))
 
 
+def linear_probe_f1(x, labels, folds: int = PROBE_FOLDS, seed: int = 0) -> float:
+    """Macro-F1 of a cross-validated logistic-regression probe from the embedding to the cell type.
+
+    Standardized features, ``LogisticRegression(max_iter=1000)``, ``StratifiedKFold(folds)`` shuffled with
+    ``seed`` (``folds`` lowered to the smallest type's size, at least 2); every cell is predicted by the
+    model of the fold that held it out. In [0, 1], higher is better.
+    """
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, codes = _check(x, labels, min_per_label=2)
+    n_splits = max(2, min(folds, int(np.bincount(codes).min())))
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence notes on near-separable folds
+        predicted = cross_val_predict(probe, x, codes, cv=StratifiedKFold(n_splits, shuffle=True,
+                                                                          random_state=seed))
+    return float(f1_score(codes, predicted, average="macro"))
+
+
 def knn_purity(x, labels, n_neighbors: int = PURITY_NEIGHBORS) -> float:
     """Mean fraction of each cell's ``n_neighbors`` nearest neighbours (itself excluded) of its type.
 
@@ -207,9 +239,11 @@ def evaluate_embedding(x, labels) -> dict[str, float]:
     Returns
     -------
     dict
-        ``asw``, ``clisi``, ``nmi``, ``ari``, ``isolated_asw``, ``knn_purity``, ``distance_ratio``.
+        ``asw``, ``clisi``, ``nmi``, ``ari``, ``isolated_asw``, ``linear_probe_f1`` (NaN when a type has a
+        single cell), ``knn_purity``, ``distance_ratio``.
     """
     x, codes = _check(x, labels)
+    probe = linear_probe_f1(x, codes) if np.bincount(codes).min() >= 2 else float("nan")
     return {"asw": asw(x, codes), "clisi": clisi(x, codes), **nmi_ari(x, codes),
-            "isolated_asw": isolated_asw(x, codes), "knn_purity": knn_purity(x, codes),
-            "distance_ratio": distance_ratio(x, codes)}
+            "isolated_asw": isolated_asw(x, codes), "linear_probe_f1": probe,
+            "knn_purity": knn_purity(x, codes), "distance_ratio": distance_ratio(x, codes)}
