@@ -30,7 +30,7 @@ def test_report_has_every_metric_model_and_figure(tiny_compare):
                  "± standard deviation over seeds"):
         assert word in md
     images = [line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
-    assert {"umap_toy.png", "val_loss.png", "step_time.png"} <= set(images)
+    assert {"umap_toy.png", "val_loss.png", "step_time.png", "differences.png"} <= set(images)
     for name in images:
         assert (report / name).read_bytes()[:8] == PNG
         assert f'src="{name}"' in html

@@ -1,4 +1,5 @@
-"""Report figures (matplotlib, Agg backend): UMAPs by cell type, validation-loss curves, step times."""
+"""Report figures (matplotlib, Agg backend): UMAPs by cell type, validation-loss curves, step times, the
+forest plot of the sigmoid-vs-softmax differences."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_step_times", "plot_umaps", "plot_val_curves", "umap_coords"]
+__all__ = ["plot_forest", "plot_step_times", "plot_umaps", "plot_val_curves", "umap_coords"]
 
 COLORS = {"softmax": "#1f77b4", "sigmoid": "#d62728", "pca": "#555555"}
 DPI = 72  # small PNGs: the report is committed to the repository
@@ -98,6 +99,34 @@ def plot_step_times(times: dict[str, dict[str, list[float]]], path: Path, ylabel
     ax.set_xticks(np.arange(len(names)) + width * (len(attentions) - 1) / 2, names, fontsize=9)
     ax.set_ylabel(ylabel, fontsize=9)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+VERDICT_COLORS = {"sigmoid better": COLORS["sigmoid"], "softmax better": COLORS["softmax"],
+                  "no clear difference": "#777777", "not learned": "#bbbbbb"}
+
+
+def plot_forest(rows: list[tuple[str, float, tuple[float, float] | None, str]], path: Path) -> Path:
+    """One row per (metric, dataset): the seed-paired difference (positive = sigmoid better) as a dot and
+    its 95 % interval as a bar, coloured by verdict; the line at 0 is "no difference"."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 0.26 * len(rows) + 1.2))
+    for i, (_label, mean, interval, verdict) in enumerate(rows):
+        color = VERDICT_COLORS.get(verdict, "#777777")
+        if interval is not None:
+            ax.plot(interval, [i, i], color=color, linewidth=2)
+        if np.isfinite(mean):
+            ax.plot([mean], [i], "o", color=color, markersize=4)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel("sigmoid - softmax, oriented: > 0 = sigmoid better (95 % bootstrap interval)", fontsize=9)
+    handles = [plt.Line2D([], [], color=c, marker="o", linewidth=2, label=v)
+               for v, c in VERDICT_COLORS.items()]
+    ax.legend(handles=handles, fontsize=9, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

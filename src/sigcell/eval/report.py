@@ -220,6 +220,14 @@ def _figures(data: dict[str, Any], folder: Path, bar=None) -> dict[str, str]:
     return files
 
 
+def _forest(summary: dict, path: Path) -> Path:
+    from sigcell.eval.plots import plot_forest
+
+    rows = [(f"{info.key} / {name}", s["difference"], tuple(s["interval"]) if s["interval"] else None,
+             s["verdict"]) for info in METRICS for name, per in summary.items() for s in [per[info.key]]]
+    return plot_forest(rows, path)
+
+
 def build_report(out, prepared=None, *, show: bool = True, command: str | None = None,
                  wall_s: float | None = None) -> dict[str, Any]:
     """Score all runs of ``out`` and write ``out/report`` (HTML, Markdown, PNG, summary.json).
@@ -257,6 +265,7 @@ def build_report(out, prepared=None, *, show: bool = True, command: str | None =
         folder = out / "report"
         folder.mkdir(parents=True, exist_ok=True)
         files = _figures(data, folder, bar)
+        files["forest"] = _forest(summary, folder / "differences.png").name
     versions = _versions()
     doc = _document(data, summary, files, versions, command=command, wall_s=wall_s)
     write_text(folder / "README.md", doc.markdown())
@@ -323,6 +332,7 @@ def _document(data, summary, files, versions, *, command, wall_s) -> Document:
              "level). The last column counts datasets per verdict in that order.")
     doc.table(["metric", *names, "sigmoid / softmax / no clear / not learned"], _summary_rows(summary, names))
     doc.para(_headline(summary, names))
+    doc.image(files["forest"], "seed-paired differences with 95 % intervals")
 
     doc.heading("Metrics per dataset")
     doc.para("Mean ± standard deviation over seeds (sample std). PCA is deterministic (one value). "
