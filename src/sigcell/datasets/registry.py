@@ -32,6 +32,9 @@ class DatasetSpec:
     gene_ids: str  # "symbol" or "dataset-local" (the source has no gene names)
     description: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # Labels that are not cell types of the dataset's species (spike-ins of another species, "Unknown"):
+    # their cells are trained on but not scored by cell-type metrics (sigcell.eval.labels).
+    unscored_labels: tuple[str, ...] = field(default_factory=tuple)
 
 
 _PLN = Resource(
@@ -119,6 +122,7 @@ REGISTRY: dict[str, DatasetSpec] = {
             gene_ids="dataset-local",
             description="CITE-seq CBMC RNA (Stoeckius et al. 2017), 500 genes, 13 cell types",
             notes=("the source has no gene names: genes are named citeseq_g000 .. citeseq_g499",),
+            unscored_labels=("Mouse", "Unknown"),  # mouse spike-in cells; cells without a type
         ),
         DatasetSpec(
             name="pbmc68k",

@@ -17,6 +17,7 @@ import numpy as np
 
 from sigcell.eval._io import read_json, write_json, write_text
 from sigcell.eval.document import Document
+from sigcell.eval.labels import scored_mask
 from sigcell.eval.metrics import METRICS, MetricInfo, evaluate_embedding
 from sigcell.eval.stats import RELATIVE_FLOOR, bootstrap_interval, paired_verdict, relative_change
 
@@ -63,8 +64,12 @@ def collect(out: Path, prepared: Path, bar=None) -> dict[str, Any]:
         meta = read_json(folder / "meta.json")
         labels = np.asarray(read_json(folder / "labels.json"), dtype=str)
         pca = np.load(folder / "pca.npy", allow_pickle=False)
-        entry = {"meta": meta, "labels": labels, "pca": pca, "runs": []}
-        entry["pca_metrics"] = _metrics_cached(out / "report_cache" / f"{name}-pca-metrics.json", pca, labels)
+        scored = scored_mask(labels, name)  # placeholders and other species are not cell types to score
+        left_out, counts = np.unique(labels[~scored], return_counts=True)
+        entry = {"meta": meta, "labels": labels, "pca": pca, "runs": [],
+                 "unscored": {str(k): int(c) for k, c in zip(left_out, counts, strict=True)}}
+        entry["pca_metrics"] = _metrics_cached(out / "report_cache" / f"{name}-pca-metrics.json", pca[scored],
+                                               labels[scored])
         if bar is not None:
             bar.advance(1, f"scored {name} PCA")
         for seed in plan["seeds"]:
@@ -77,7 +82,7 @@ def collect(out: Path, prepared: Path, bar=None) -> dict[str, Any]:
                            f"{labels.size}; the runs come from other prepared inputs: use the matching --out")
                     raise ValueError(msg)
                 finite = np.isfinite(emb).all()
-                metrics = (_metrics_cached(folder_run / "metrics.json", emb, labels) if finite
+                metrics = (_metrics_cached(folder_run / "metrics.json", emb[scored], labels[scored]) if finite
                            else dict.fromkeys(EMBEDDING_METRICS, math.nan))
                 metrics["val_loss"] = result["heldout_loss"]
                 init_path = folder_run / "embedding_init.npy"  # runs of older versions have none
@@ -86,7 +91,8 @@ def collect(out: Path, prepared: Path, bar=None) -> dict[str, Any]:
                     init = np.load(init_path, allow_pickle=False).astype(np.float32)
                     init_metrics = dict.fromkeys(EMBEDDING_METRICS, math.nan)
                     if np.isfinite(init).all():
-                        init_metrics = _metrics_cached(folder_run / "metrics_init.json", init, labels)
+                        init_metrics = _metrics_cached(folder_run / "metrics_init.json", init[scored],
+                                                       labels[scored])
                 entry["runs"].append({"seed": seed, "attention": attention, "result": result,
                                       "metrics": metrics, "init_metrics": init_metrics, "embedding": emb,
                                       "finite": bool(finite)})
@@ -376,9 +382,12 @@ def _document(data, summary, files, versions, *, command, wall_s) -> Document:
                "train wall s", "tokens / batch"], _timing_rows(data))
 
     doc.heading("Data")
-    doc.table(["dataset", "cells", "genes", "train", "held-out", "cell types", "genes kept / cell",
-               "mean tokens / cell", "truncated cells", "bin entropy (nats)", "source"], _data_rows(data))
+    doc.table(["dataset", "cells", "genes", "train", "held-out", "cell types", "not scored",
+               "genes kept / cell", "mean tokens / cell", "truncated cells", "bin entropy (nats)", "source"],
+              _data_rows(data))
     doc.para("Held-out cells are a label-stratified random subset (split seed 0, the same for every run). "
+             "Cells labelled as placeholders (Unknown, nan, doublet ...) or as another species (citeseq's "
+             "mouse spike-ins) are trained on and shown in the UMAPs but not scored (column 'not scored'). "
              "They are never trained on; the gene vocabulary comes from the training cells. Cells longer "
              "than the gene limit keep an expression-weighted seeded sample of their genes (truncation "
              f"`{data['manifest']['prepare'].get('truncation', 'top')}`); bin entropy near 0 would mean a "
@@ -526,8 +535,9 @@ def _data_rows(data) -> list[list[str]]:
     rows = []
     for name, entry in data["datasets"].items():
         m = entry["meta"]
+        unscored = ", ".join(f"{k} ({c})" for k, c in entry["unscored"].items()) or "—"
         rows.append([name, str(m["n_cells"]), str(m["n_genes"]), str(m["n_train"]), str(m["n_heldout"]),
-                     str(len(m["heldout_label_counts"])), str(m["tokenizer"]["max_genes"]),
+                     str(len(m["heldout_label_counts"])), unscored, str(m["tokenizer"]["max_genes"]),
                      f"{m['length']['mean']:.0f}", str(m["tokenize"]["n_truncated"]),
                      "—" if m.get("value_entropy") is None else f"{m['value_entropy']:.2f}",
                      str(m["provenance"].get("package", m["source"]))])
