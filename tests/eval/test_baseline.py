@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from sigcell.eval.baselines import pca_baseline
+from sigcell.eval.baselines import pca_baseline, pca_projected
 from sigcell.eval.prepare import stratified_split
 
 
@@ -52,6 +52,25 @@ def test_pca_log_normalized_input_matches_counts(toy):
     assert info["input_values"] == "log-normalized"
     # Components are defined up to sign.
     assert np.allclose(np.abs(a), np.abs(b), atol=1e-2 * np.abs(a).max())
+
+
+def test_train_fit_pca_projects_cells_it_never_saw(toy):
+    from sklearn.metrics import silhouette_score
+
+    fit, apply = toy[:150], toy[150:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x, info = pca_projected(fit, apply, n_comps=10, n_top_genes=100)
+        whole, _ = pca_projected(toy, toy, n_comps=10, n_top_genes=100)
+        direct, _ = pca_baseline(toy, n_comps=10, n_top_genes=100)
+    assert x.shape == (50, 10) and x.dtype == np.float32 and info["n_fit_cells"] == 150
+    y = apply.obs["cell_type"].astype(str).to_numpy()
+    noise = np.random.default_rng(0).normal(size=x.shape)
+    assert silhouette_score(x, y) > silhouette_score(noise, y) + 0.1
+    # Fit and applied on the same cells, it is the direct baseline (components up to sign).
+    assert np.allclose(np.abs(whole), np.abs(direct), atol=2e-2 * np.abs(direct).max())
+    with pytest.raises(ValueError, match="same genes in the same order"):
+        pca_projected(fit, apply[:, ::-1])
 
 
 def test_pca_caps_components_for_small_inputs(toy):

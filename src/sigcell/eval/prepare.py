@@ -7,6 +7,7 @@ For each dataset, ``prepare`` writes ``<prepared>/<name>/``::
     vocab.json     the GeneVocab the model is trained with (genes expressed in training cells)
     labels.json    cell-type label of each held-out cell (the report's ground truth)
     pca.npy        float32 [n_heldout, <= 50]: the PCA baseline of the held-out cells
+    pca_train.npy  float32 [n_heldout, <= 50]: the same recipe fit on the training cells, applied to them
     meta.json      source, tokenizer, split, label counts, tokenization and baseline statistics
 
 and ``<prepared>/manifest.json`` (written last) listing them. Only numpy, JSON and the gene vocabulary
@@ -137,7 +138,7 @@ def _load(ds: DatasetInput):
 def _prepare_one(ds: DatasetInput, config: PrepareConfig, folder: Path) -> dict:
     from sigcell.data.tokenize import TokenizerConfig, gene_medians, tokenize
     from sigcell.data.vocab import GeneVocab
-    from sigcell.eval.baselines import pca_baseline
+    from sigcell.eval.baselines import pca_baseline, pca_projected
 
     t0 = time.perf_counter()
     adata = _load(ds)
@@ -165,12 +166,16 @@ def _prepare_one(ds: DatasetInput, config: PrepareConfig, folder: Path) -> dict:
     heldout = position[heldout_rows]
     pca, pca_info = pca_baseline(adata[heldout_rows], n_comps=config.pca_comps,
                                  n_top_genes=config.n_top_genes, seed=config.split_seed)
+    pca_train, pca_train_info = pca_projected(adata[train_rows], adata[heldout_rows],
+                                              n_comps=config.pca_comps, n_top_genes=config.n_top_genes,
+                                              seed=config.split_seed)
     np.savez_compressed(folder / "tokens.npz", gene_ids=cells.gene_ids, values=cells.values,
                         offsets=cells.offsets, train=train, heldout=heldout)
     vocab.save(folder / "vocab.json")
     held_labels = labels[heldout_rows]
     write_json(folder / "labels.json", held_labels.tolist())
     write_array(folder / "pca.npy", pca)
+    write_array(folder / "pca_train.npy", pca_train)
     uniq, counts = np.unique(held_labels, return_counts=True)
     lengths = np.diff(cells.offsets)
     share = np.unique(cells.values, return_counts=True)[1] / max(cells.values.size, 1)
@@ -188,7 +193,7 @@ def _prepare_one(ds: DatasetInput, config: PrepareConfig, folder: Path) -> dict:
         "value_entropy": float(-(share * np.log(share)).sum()) if tok.encoding == "binned" else None,
         "values": adata.uns["sigcell_input"]["values"],
         "provenance": adata.uns.get("sigcell_dataset", {"file": ds.source}),
-        "pca": pca_info, "seconds": round(time.perf_counter() - t0, 2),
+        "pca": pca_info, "pca_train": pca_train_info, "seconds": round(time.perf_counter() - t0, 2),
     }
     write_json(folder / "meta.json", meta)
     return meta
