@@ -34,6 +34,10 @@ def test_report_has_every_metric_model_and_figure(tiny_compare):
     for name in images:
         assert (report / name).read_bytes()[:8] == PNG
         assert f'src="{name}"' in html
+    from matplotlib.image import imread
+
+    height, width = imread(report / "umap_toy.png").shape[:2]
+    assert width >= 3 * 400 and height >= 400  # PCA, softmax, sigmoid panels readable at 100 % zoom
     saved = json.loads((report / "summary.json").read_text())
     summary = saved["summary"]["toy"]
     for info in METRICS:

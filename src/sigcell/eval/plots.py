@@ -11,6 +11,18 @@ __all__ = ["plot_forest", "plot_step_times", "plot_umaps", "plot_val_curves", "u
 
 COLORS = {"softmax": "#1f77b4", "sigmoid": "#d62728", "pca": "#555555"}
 DPI = 72  # small PNGs: the report is committed to the repository
+UMAP_PANEL_IN = 5.6  # inches per UMAP panel: 403 px at DPI, readable at 100 % zoom
+
+
+def _type_colors(plt, n: int) -> list:
+    """``n`` distinguishable colours: tab10 up to 10 types, tab20 up to 20, then tab20 + tab20b."""
+    if n <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(n)]
+    tab20 = plt.get_cmap("tab20")
+    # the ten strong hues first, then their light partners, then tab20b
+    pool = [tab20(i) for i in range(0, 20, 2)] + [tab20(i) for i in range(1, 20, 2)]
+    pool += [plt.get_cmap("tab20b")(i) for i in range(20)]
+    return [pool[i % len(pool)] for i in range(n)]
 
 
 def _pyplot():
@@ -35,19 +47,19 @@ def plot_umaps(panels: list[tuple[str, np.ndarray]], labels: np.ndarray, path: P
     """One row of UMAP panels (``(name, coords [n, 2])``) coloured by cell type, one shared legend."""
     plt = _pyplot()
     types = sorted(set(labels.tolist()))
-    cmap = plt.get_cmap("tab20" if len(types) > 10 else "tab10")
-    legend_w = 0.9 + 0.055 * max(len(t) for t in types)  # inches for the legend column
-    width = 3.4 * len(panels) + legend_w
-    fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.5), squeeze=False)
+    colors = _type_colors(plt, len(types))
+    legend_w = 1.1 + 0.075 * max(len(t) for t in types)  # inches for the legend column (9 pt text)
+    width = UMAP_PANEL_IN * len(panels) + legend_w
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, UMAP_PANEL_IN + 0.5), squeeze=False)
     for ax, (name, xy) in zip(axes[0], panels, strict=True):
         for i, t in enumerate(types):
             sel = labels == t
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=4, color=cmap(i % cmap.N), label=t, linewidths=0)
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=5, color=colors[i], label=t, linewidths=0)
         ax.set_title(name, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="center right", fontsize=7, markerscale=2.5, frameon=False)
+    fig.legend(handles, names, loc="center right", fontsize=9, markerscale=2.5, frameon=False)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1 - legend_w / width, 1))
     fig.savefig(path, dpi=DPI)
