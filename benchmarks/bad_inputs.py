@@ -35,7 +35,7 @@ CASES: list[tuple[str, list[str]]] = [
     ("pretrain: bad attention", ["pretrain", "--config", "tiny", "--set", "model.attention=relu",
                                  "--out", "r"]),
     ("pretrain: cuda without GPU", ["pretrain", "--config", "tiny", "--device", "cuda", "--out", "r"]),
-    ("pretrain: resume nothing", ["pretrain", "--config", "tiny", "--resume", "--out", "r"]),
+    # (--resume on a folder without a checkpoint starts fresh, by design: a restarted job passes it always)
     ("pretrain: out is a file", ["pretrain", "--config", "tiny", "--out", "{empty}"]),
     ("pretrain: corpus missing", ["pretrain", "--config", "tiny", "--set", "data.corpus=nowhere",
                                   "--out", "r"]),
@@ -54,8 +54,10 @@ CASES: list[tuple[str, list[str]]] = [
     ("embed: text as h5ad", ["embed", "--model", "sigcell-small", "--data", "{text}", "--out", "e.h5ad"]),
     ("embed: truncated h5ad", ["embed", "--model", "sigcell-small", "--data", "{trunc}", "--out", "e.h5ad"]),
     ("embed: out exists", ["embed", "--model", "sigcell-small", "--data", "{h5}", "--out", "{empty}"]),
-    ("embed: batch size 0", ["embed", "--model", "sigcell-small", "--data", "{h5}", "--out", "e.h5ad",
+    ("embed: batch size 0", ["embed", "--model", "sigcell-small", "--data", "pbmc68k", "--out", "e.h5ad",
                              "--batch-size", "0"]),
+    ("embed: bad pooling", ["embed", "--model", "sigcell-small", "--data", "pbmc68k", "--out", "e.h5ad",
+                            "--pooling", "max"]),
     ("embed: no known gene", ["embed", "--model", "sigcell-small", "--data", "{h5}", "--out", "e.h5ad"]),
     ("embed: cuda without GPU", ["embed", "--model", "sigcell-small", "--data", "{h5}", "--out", "e.h5ad",
                                  "--device", "cuda"]),
@@ -75,8 +77,9 @@ CASES: list[tuple[str, list[str]]] = [
     ("bench kernels: bad length", ["bench", "kernels", "--l", "abc", "--dry-run"]),
     ("bench train: bad compile mode", ["bench", "train", "--compile", "fast", "--dry-run"]),
     ("bench train: unknown provider", ["bench", "train", "--providers", "nope", "--dry-run"]),
-    ("analyze jacobian: missing run", ["analyze", "jacobian", "--run", "missing"]),
-    ("analyze sinks: missing run", ["analyze", "sinks", "--run", "missing"]),
+    ("analyze jacobian: missing run", ["analyze", "jacobian", "--run", "missing", "--out", "j"]),
+    ("analyze sinks: missing run", ["analyze", "sinks", "--run", "missing", "--out", "s"]),
+    ("analyze sinks: run is a file", ["analyze", "sinks", "--run", "{empty}", "--out", "s"]),
 ]
 
 

@@ -265,3 +265,15 @@ def test_sinks_on_compare_runs_use_the_prepared_heldout_cells(tiny_compare, tmp_
     assert main(["analyze", "sinks", "--run", str(runs / "softmax-seed0"), "--batch-size", "0",
                  "--out", str(tmp_path / "bad2")]) != 0
     assert "batch_size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["embed", "--model", "sigcell-small", "--out", "{out}",
+                                                    "--data"]])
+def test_a_file_that_is_not_h5ad_is_one_clear_error(command, tmp_path, capsys):
+    bad = tmp_path / "cells.h5ad"
+    bad.write_text("gene,count\nCD3E,4\n")
+    argv = [a.replace("{out}", str(tmp_path / "out.h5ad")) for a in command] + [str(bad)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{bad}: cannot be read as .h5ad" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.h5ad"]

@@ -166,16 +166,16 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import anndata as ad
     import numpy as np
 
+    from sigcell.data.io import open_h5ad
     from sigcell.eval.metrics import METRICS, evaluate_embedding
 
     path = Path(args.data)
     if not path.is_file():
         msg = f"{path}: no such file; pass an .h5ad"
         raise FileNotFoundError(msg)
-    adata = ad.read_h5ad(path)
+    adata = open_h5ad(path)
     if args.key not in adata.obsm:
         msg = f"{path}: no obsm[{args.key!r}]; keys are {list(adata.obsm)}; run `sigcell embed` or pass --key"
         raise ValueError(msg)

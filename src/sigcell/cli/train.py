@@ -51,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (config, metrics.jsonl, tensorboard/, checkpoints/)")
     p.add_argument("--corpus", help="corpus directory from sigcell.data; omit for synthetic cells")
     p.add_argument("--vocab", help="gene vocabulary JSON stored with the checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest intact checkpoint in --out (a fresh start when it has "
+                        "none, so a restarted job can always pass it)")
     p.add_argument("--steps", type=int, help="optimizer steps of the whole run")
     p.add_argument("--batch-size", type=int, help="cells per micro-batch per process")
     p.add_argument("--token-budget", type=int,

@@ -315,7 +315,6 @@ def read_h5ad(
     ValueError
         The file is not a readable (complete) h5ad, or its values / gene ids fail validation.
     """
-    import anndata as ad
 
     path = Path(path)
     if not path.is_file():
@@ -323,17 +322,29 @@ def read_h5ad(
         raise FileNotFoundError(msg)
     try:
         selected = None if layer is not None and use_raw else _read_selected(path, layer, use_raw)
-        if selected is None:  # a matrix the file lacks (or both sources named): check_adata explains
-            adata = ad.read_h5ad(path)
     except Exception as err:  # h5py / anndata raise many types for damaged files
-        msg = (
-            f"{path}: cannot be read as .h5ad ({type(err).__name__}: {err}); the file may be truncated "
-            "or not an AnnData file: re-download or re-write it"
-        )
-        raise ValueError(msg) from err
+        raise ValueError(_unreadable(path, err)) from err
+    if selected is None:  # a matrix the file lacks (or both sources named): check_adata explains
+        adata = open_h5ad(path)
     if selected is not None:
         return _checked(*selected, gene_col, str(path), owned=True)
     return check_adata(adata, layer=layer, use_raw=use_raw, gene_col=gene_col, source=str(path))
+
+
+def _unreadable(path, err: Exception) -> str:
+    return (f"{path}: cannot be read as .h5ad ({type(err).__name__}: {err}); the file may be truncated or "
+            "not an AnnData file: re-download or re-write it")
+
+
+def open_h5ad(path: str | os.PathLike):
+    """``anndata.read_h5ad(path)``, with one clear ``ValueError`` for a file that is not a readable
+    (complete) .h5ad: h5py and anndata raise many kinds of errors for damaged files."""
+    import anndata as ad
+
+    try:
+        return ad.read_h5ad(path)
+    except Exception as err:
+        raise ValueError(_unreadable(path, err)) from err
 
 
 def _read_selected(path: Path, layer: str | None, use_raw: bool):

@@ -164,15 +164,16 @@ def load_input(data: str | os.PathLike):
     ------
     FileNotFoundError
         ``data`` is neither; the message lists the dataset names.
+    ValueError
+        The file is not a readable .h5ad.
     """
-    import anndata as ad
-
     from sigcell import datasets
+    from sigcell.data.io import open_h5ad
 
     text = str(data)
     path = Path(text)
     if path.is_file():
-        return ad.read_h5ad(path)
+        return open_h5ad(path)
     if text in datasets.available() and not path.exists():
         return datasets.load(text)
     msg = f"{text}: no such .h5ad file and not a registered dataset name {datasets.available()}"
