@@ -1322,13 +1322,13 @@ def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, max_seqlen: int, 
     _passed_value_check(cu, (total, max_seqlen))
 
 
-# What sigcell learned from the values of a caller's GPU tensor (that they passed a check; lengths and
-# the default bias derived from them), remembered while the tensor is alive and unchanged: reading values
-# on the host is a device sync, and deriving tensors costs launches, so a tensor passed to every layer of a
-# model is handled once, not per layer; an in-place change through torch bumps its version and starts over.
-# CPU tensors are never remembered: their values cost nothing to read, and writes that torch does not see
-# (a numpy view, ``.data[i] =``) would leave a stale entry, so on the CPU every call checks and derives
-# afresh. Keyed by (id(), what) with a weak reference (tensors compare elementwise: no dict keys).
+# That a caller's GPU tensor of lengths / offsets passed the value check, remembered while the tensor is
+# alive and unchanged: the check reads values on the host, a device sync, so a tensor passed to every layer
+# of a model is checked once, not per layer; an in-place change through torch bumps its version and checks
+# again. Only the check is remembered: the bias and lengths derived from the values are computed on every
+# call, so results never depend on this memo (a write torch cannot see, e.g. through ``.data``, can only
+# skip the re-check of a value that was valid before). CPU tensors are never remembered: their values cost
+# nothing to read. Keyed by (id(), what) with a weak reference (tensors compare elementwise: no dict keys).
 _per_tensor: dict[tuple, tuple[weakref.ref, tuple[int, int], object]] = {}
 
 
@@ -1371,12 +1371,10 @@ def _param_dtype(dtype: torch.dtype) -> torch.dtype:
 def _head_bias(bias, lens_k: torch.Tensor, heads: int, q: torch.Tensor, fn: str) -> torch.Tensor:
     """The additive bias per (sequence, head) as float32 ``[B, H]``."""
     device, dtype = q.device, _param_dtype(q.dtype)
-    if bias is None:  # the same while lens_k is (a cached constant, or derived from the caller's lengths)
-
-        def make():
-            return (-torch.log(lens_k.clamp(min=1).to(dtype))).unsqueeze(1).expand(-1, heads).contiguous()
-
-        return _derived_from(lens_k, ("log_bias", heads, dtype), make)
+    if bias is None:
+        # Derived afresh on every call, never remembered per tensor: a write to the lengths that torch
+        # cannot see (``.data``, DLPack, numpy) would leave a remembered bias stale and the output wrong.
+        return torch.log(lens_k.clamp(min=1).to(dtype)).neg_().unsqueeze(1).expand(-1, heads).contiguous()
     if isinstance(bias, torch.Tensor):
         if tuple(bias.shape) != (heads,):
             _fail(
@@ -1558,18 +1556,6 @@ def _cached(key: tuple, device: torch.device, make) -> torch.Tensor:
     return tensor
 
 
-def _derived_from(t: torch.Tensor, what: tuple, make) -> torch.Tensor:
-    """``make()``, a tensor computed from ``t``'s values, remembered under ``what`` until ``t`` changes
-    (:func:`_remember`); not while torch.compile traces or a CUDA graph captures."""
-    if torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return make()
-    value = _recall(t, what)
-    if value is None:
-        value = make()
-        _remember(t, what, value)
-    return value
-
-
 def _constant_lengths(batch: int, value: int, device: torch.device) -> torch.Tensor:
     """int32 ``[batch]`` filled with ``value`` (never written to by sigcell)."""
 
@@ -1642,8 +1628,9 @@ def sigmoid_attn_varlen_func(
             f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}"
         )
     batch = cu_seqlens_q.numel() - 1
-    lens_q = _derived_from(cu_seqlens_q, ("lengths",), lambda: lengths_from_cu_seqlens(cu_seqlens_q))
-    lens_k = _derived_from(cu_seqlens_k, ("lengths",), lambda: lengths_from_cu_seqlens(cu_seqlens_k))
+    # Afresh on every call (see _head_bias): results never depend on a remembered copy of the offsets.
+    lens_q = lengths_from_cu_seqlens(cu_seqlens_q)
+    lens_k = lens_q if cu_seqlens_k is cu_seqlens_q else lengths_from_cu_seqlens(cu_seqlens_k)
     kb = _key_bias(key_bias, (total_k,), q, fn, "[Tk]")
     out = _attention(
         q.unsqueeze(0),
