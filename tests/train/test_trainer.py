@@ -245,3 +245,33 @@ def test_resume_with_fewer_steps_than_done_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="already at step 8; pass --steps above 8"):
         Trainer(tiny_config(tmp_path, steps=4), resume=True)
     assert Trainer(tiny_config(tmp_path, steps=8), resume=True).fit().status == "completed"
+
+
+def test_a_compiler_failure_redoes_the_step_without_compile(tmp_path, monkeypatch):
+    """When torch.compile's backend fails (as Inductor's CUDA lowering did on packed batches), the step is
+    redone eagerly from zeroed gradients, one warning says so, and the run equals an eager run."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    calls = []
+
+    def failing_compile(model, **kw):
+        def run(batch):
+            calls.append(1)
+            raise BackendCompilerFailed(None, RuntimeError("NotImplementedError: SliceView"), None)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    pretrain(tiny_config(tmp_path / "eager", steps=4, compile="off"))
+    with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(BackendCompilerFailed.*continues"):
+        pretrain(tiny_config(tmp_path / "fallback", steps=4, compile="on"))
+    assert len(calls) == 1  # the compiled module is not tried again
+    eager, fallback = losses(tmp_path / "eager"), losses(tmp_path / "fallback")
+    assert eager == fallback
+
+
+def test_model_errors_are_not_taken_for_compiler_failures():
+    from sigcell.train.trainer import is_compiler_error
+
+    assert not is_compiler_error(RuntimeError("shape mismatch"))
+    assert not is_compiler_error(ValueError("BackendCompilerFailed"))

@@ -42,6 +42,17 @@ __all__ = ["NonFiniteError", "TrainResult", "Trainer", "pretrain", "uses_compile
 ATTN_STATS_EVERY_COMPILED = 50
 
 
+# What torch.compile raises when its backend cannot compile a graph (torch._dynamo.exc / torch._inductor.exc;
+# matched by name: importing torch._inductor to get the classes costs over a second).
+COMPILER_ERROR_NAMES = frozenset({"BackendCompilerFailed", "InductorError"})
+
+
+def is_compiler_error(err: BaseException) -> bool:
+    """Whether ``err`` is torch.compile's backend failing (not an error of the model or its inputs)."""
+    return any(cls.__name__ in COMPILER_ERROR_NAMES and cls.__module__.startswith("torch.")
+               for cls in type(err).__mro__)
+
+
 def uses_compile(setting: str, device: torch.device) -> bool:
     """Whether a run compiles its model: ``"on"``, ``"off"``, or ``"auto"`` = on CUDA devices only."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
@@ -184,6 +195,28 @@ class Trainer:
         return masked
 
     # ------------------------------------------------------------------------------------------------
+    def _forward_backward(self, micro: list[CellBatch], weight: float, record_attn: bool):
+        """Forward and backward of the step's micro-batches (gradients accumulate); returns the loss sum,
+        the per-part loss sums and the attention statistics (of the first micro-batch, if recorded)."""
+        loss_sum = torch.zeros((), device=self.device)
+        part_sums: dict[str, torch.Tensor] = {}
+        attn_stats: dict[str, float] = {}
+        for i, batch in enumerate(micro):
+            batch = batch.to(self.device, non_blocking=True)
+            stats = record_attn and i == 0
+            self.model.encoder.set_record_stats(stats)
+            with parallel.gradient_sync(self.wrapped, sync=i == len(micro) - 1):
+                with self.autocast:
+                    out = (self.wrapped if stats else self.run_model)(batch)
+                (out.loss_sum * weight).backward()
+            if stats:
+                attn_stats = self.model.encoder.attention_stats()
+                self.model.encoder.set_record_stats(False)
+            loss_sum += out.loss_sum.detach().float()
+            for name, part in out.parts.items():
+                part_sums[name] = part_sums.get(name, 0.0) + part.detach().float()
+        return loss_sum, part_sums, attn_stats
+
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns the step's metrics.
 
@@ -210,23 +243,21 @@ class Trainer:
                              dtype=torch.float64).sum(0)
         n_masked, n_tokens, n_cells = parallel.all_reduce_sum(local.to(self.device)).tolist()
         weight = self.dist.world_size / max(n_masked, 1.0)  # DDP averages gradients over ranks
-        loss_sum = torch.zeros((), device=self.device)
-        part_sums: dict[str, torch.Tensor] = {}
-        attn_stats: dict[str, float] = {}
-        for i, batch in enumerate(micro):
-            batch = batch.to(self.device, non_blocking=True)
-            stats = record_attn and i == 0
-            self.model.encoder.set_record_stats(stats)
-            with parallel.gradient_sync(self.wrapped, sync=i == len(micro) - 1):
-                with self.autocast:
-                    out = (self.wrapped if stats else self.run_model)(batch)
-                (out.loss_sum * weight).backward()
-            if stats:
-                attn_stats = self.model.encoder.attention_stats()
-                self.model.encoder.set_record_stats(False)
-            loss_sum += out.loss_sum.detach().float()
-            for name, part in out.parts.items():
-                part_sums[name] = part_sums.get(name, 0.0) + part.detach().float()
+        try:
+            loss_sum, part_sums, attn_stats = self._forward_backward(micro, weight, record_attn)
+        except Exception as err:
+            if not is_compiler_error(err) or self.run_model is self.wrapped or self.dist.distributed:
+                raise
+            # The compiler failed on these shapes (an Inductor lowering, say): the step is redone without
+            # it, from zeroed gradients, and so is the rest of the run: slower, never wrong.
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            warnings.warn(f"torch.compile failed ({type(err).__name__}: {first}); training continues without "
+                          "compiling the model (slower; --compile off skips the attempt)", RuntimeWarning,
+                          stacklevel=2)
+            self.run_model, self.compiled = self.wrapped, False
+            self.model.encoder.set_record_stats(False)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum, part_sums, attn_stats = self._forward_backward(micro, weight, record_attn)
         loss = float(parallel.all_reduce_sum(loss_sum)) / max(n_masked, 1.0)
         layer_norms = self._grad_norms() if record else {}
         clip = cfg.optim.clip_grad_norm
