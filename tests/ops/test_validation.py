@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -207,3 +209,19 @@ def test_cpu_packed_cost_follows_the_real_lengths_not_max_seqlen():
     expected = torch.autograd.grad(tight.square().sum(), (q, k, v))
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_default_bias_is_made_once_for_full_batches_and_afresh_from_caller_lengths():
+    from sigcell.ops.sigmoid_attn import interface
+
+    q = torch.randn(2, 5, 4, 8)
+    own = interface._constant_lengths(2, 5, q.device)
+    first = interface._head_bias(None, own, 4, q, "t", all_keys=5)
+    assert interface._head_bias(None, own, 4, q, "t", all_keys=5) is first  # sigcell's constant: cached
+    torch.testing.assert_close(first, torch.full((2, 4), -math.log(5)))
+    lens = torch.tensor([5, 2], dtype=I32)
+    a = interface._head_bias(None, lens, 4, q, "t")
+    lens.data[1] = 4  # a write torch does not see: the next call still uses the new value
+    b = interface._head_bias(None, lens, 4, q, "t")
+    torch.testing.assert_close(b[1], torch.full((4,), -math.log(4)))
+    assert a is not b

@@ -324,11 +324,10 @@ def read_h5ad(
         selected = None if layer is not None and use_raw else _read_selected(path, layer, use_raw)
     except Exception as err:  # h5py / anndata raise many types for damaged files
         raise ValueError(_unreadable(path, err)) from err
-    if selected is None:  # a matrix the file lacks (or both sources named): check_adata explains
-        adata = open_h5ad(path)
     if selected is not None:
         return _checked(*selected, gene_col, str(path), owned=True)
-    return check_adata(adata, layer=layer, use_raw=use_raw, gene_col=gene_col, source=str(path))
+    # A matrix the file lacks (or both sources named): the full read, whose check explains.
+    return check_adata(open_h5ad(path), layer=layer, use_raw=use_raw, gene_col=gene_col, source=str(path))
 
 
 def _unreadable(path, err: Exception) -> str:

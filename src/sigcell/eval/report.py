@@ -236,8 +236,12 @@ def _figures(data: dict[str, Any], folder: Path, bar=None) -> dict[str, str]:
 def _forest(summary: dict, path: Path) -> Path:
     from sigcell.eval.plots import plot_forest
 
-    rows = [(f"{info.key} / {name}", s["difference"], tuple(s["interval"]) if s["interval"] else None,
-             s["verdict"]) for info in METRICS for name, per in summary.items() for s in [per[info.key]]]
+    rows = []
+    for info in METRICS:
+        for name, per in summary.items():
+            s = per[info.key]
+            interval = tuple(s["interval"]) if s["interval"] else None
+            rows.append((f"{info.key} / {name}", s["difference"], interval, s["verdict"]))
     return plot_forest(rows, path)
 
 

@@ -1368,13 +1368,22 @@ def _param_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _head_bias(bias, lens_k: torch.Tensor, heads: int, q: torch.Tensor, fn: str) -> torch.Tensor:
-    """The additive bias per (sequence, head) as float32 ``[B, H]``."""
+def _head_bias(
+    bias, lens_k: torch.Tensor, heads: int, q: torch.Tensor, fn: str, all_keys: int | None = None
+) -> torch.Tensor:
+    """The additive bias per (sequence, head) as float32 ``[B, H]``. ``all_keys``: every sequence has
+    this many keys (no lengths were passed; ``lens_k`` is sigcell's own constant)."""
     device, dtype = q.device, _param_dtype(q.dtype)
     if bias is None:
-        # Derived afresh on every call, never remembered per tensor: a write to the lengths that torch
-        # cannot see (``.data``, DLPack, numpy) would leave a remembered bias stale and the output wrong.
-        return torch.log(lens_k.clamp(min=1).to(dtype)).neg_().unsqueeze(1).expand(-1, heads).contiguous()
+
+        def make():
+            return torch.log(lens_k.clamp(min=1).to(dtype)).neg_().unsqueeze(1).expand(-1, heads).contiguous()
+
+        if all_keys is not None:  # from a constant only sigcell holds: made once per shape
+            return _cached(("log_bias", lens_k.numel(), all_keys, heads, dtype), device, make)
+        # From the caller's lengths: derived on every call, never remembered per tensor (a write torch
+        # cannot see, through ``.data`` or DLPack, would leave a remembered bias stale, the output wrong).
+        return make()
     if isinstance(bias, torch.Tensor):
         if tuple(bias.shape) != (heads,):
             _fail(
@@ -1519,7 +1528,7 @@ def sigmoid_attn_func(
         q,
         k,
         v,
-        _head_bias(bias, lens_k, heads, q, fn),
+        _head_bias(bias, lens_k, heads, q, fn, all_keys=lk if seq_lens_k is None else None),
         _key_bias(key_bias, (batch, lk), q, fn, "[B, Lk]"),
         _alibi(alibi_slopes, batch, heads, q, fn),
         starts,
